@@ -1,1 +1,12 @@
-pub fn hello() {}
+//! Flotilla's core library: everything that is neither a CLI nor a daemon.
+//!
+//! - [`archive`]: duplicity 0.8.22's archive format (object names, difftar volumes,
+//!   sigtar signature files, manifests, sets and chains).
+//! - [`crypto`]: OpenPGP messages as duplicity/gpg write and read them.
+//! - [`storage`]: destination URLs to `object_store::ObjectStore`s.
+//! - [`timespec`]: duplicity's time and interval syntax.
+
+pub mod archive;
+pub mod crypto;
+pub mod storage;
+pub mod timespec;
