@@ -32,25 +32,25 @@ pub enum StorageError {
     NotFound { destination: String, name: String },
     #[error("{destination}: object {name} already exists")]
     AlreadyExists { destination: String, name: String },
-    #[error("{destination}: access denied for {name} (check the credentials): {source}")]
+    #[error("{destination}: access denied for {name} (check the credentials): {error}")]
     Denied {
         destination: String,
         name: String,
-        source: object_store::Error,
+        error: object_store::Error,
     },
-    #[error("{destination}: {operation} {name}: {source}")]
+    #[error("{destination}: {operation} {name}: {error}")]
     Backend {
         destination: String,
         operation: &'static str,
         name: String,
-        source: object_store::Error,
+        error: object_store::Error,
     },
-    #[error("{destination}: {operation} {name}: {source}")]
+    #[error("{destination}: {operation} {name}: {error}")]
     Io {
         destination: String,
         operation: &'static str,
         name: String,
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -58,9 +58,9 @@ impl StorageError {
     /// True when the same request may succeed later (network trouble, server errors).
     pub fn is_retryable(&self) -> bool {
         match self {
-            StorageError::Backend { source, .. } => matches!(source, object_store::Error::Generic { .. }),
-            StorageError::Io { source, .. } => matches!(
-                source.kind(),
+            StorageError::Backend { error, .. } => matches!(error, object_store::Error::Generic { .. }),
+            StorageError::Io { error, .. } => matches!(
+                error.kind(),
                 io::ErrorKind::TimedOut
                     | io::ErrorKind::ConnectionReset
                     | io::ErrorKind::ConnectionAborted
@@ -122,20 +122,20 @@ impl Destination {
                     destination: label.clone(),
                     operation: "create directory",
                     name: path.display().to_string(),
-                    source,
+                    error: source,
                 })?;
                 let abs = std::fs::canonicalize(path).map_err(|source| StorageError::Io {
                     destination: label.clone(),
                     operation: "open",
                     name: path.display().to_string(),
-                    source,
+                    error: source,
                 })?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&abs)
                     .map_err(|source| StorageError::Backend {
                         destination: label,
                         operation: "open",
                         name: abs.display().to_string(),
-                        source,
+                        error: source,
                     })?;
                 Ok(Arc::new(fs))
             }
@@ -199,14 +199,14 @@ impl BlockingStore {
                 StorageError::Denied {
                     destination,
                     name,
-                    source: e,
+                    error: e,
                 }
             }
             source => StorageError::Backend {
                 destination,
                 operation,
                 name,
-                source,
+                error: source,
             },
         }
     }
@@ -254,7 +254,7 @@ impl BlockingStore {
                 destination: self.label.clone(),
                 operation: "read",
                 name: name.to_string(),
-                source,
+                error: source,
             })?;
         Ok(out)
     }
@@ -312,7 +312,7 @@ impl Read for ObjectReader {
                         destination: self.label.clone(),
                         operation: "read",
                         name: self.name.clone(),
-                        source: e,
+                        error: e,
                     }
                     .into_io());
                 }
@@ -348,7 +348,7 @@ impl ObjectWriter {
                 destination: self.label.clone(),
                 operation: "upload",
                 name: self.name.clone(),
-                source: e,
+                error: e,
             }
             .into_io())
     }

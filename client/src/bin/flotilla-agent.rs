@@ -1,1 +1,598 @@
-fn main() {}
+//! `flotilla-agent`: the Flotilla agent. Standalone subcommands work without a
+//! coordinator and read and write duplicity 0.8.22-compatible archives.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use flotilla_client::engine::backup::{BackupMode, BackupOptions};
+use flotilla_client::engine::codec::Codec;
+use flotilla_client::engine::progress::{NoProgress, Progress, SharedProgress};
+use flotilla_client::engine::restore::RestoreOptions;
+use flotilla_client::engine::select::Rule;
+use flotilla_client::engine::{self, cache::default_state_dir, Context, EngineError};
+use flotilla_common::archive::{format_time, Index};
+use flotilla_common::crypto::{Compression, DecryptionKeys, EncryptionSpec, Passphrase, PublicKey, SecretKey};
+use flotilla_common::storage::open_blocking;
+use flotilla_common::timespec::{parse_interval, parse_time};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const AFTER_HELP: &str = "\
+Encryption: by default objects are OpenPGP-encrypted. Give --encrypt-key FILE (public keys,
+repeatable) and/or a passphrase in FLOTILLA_PASSPHRASE (PASSPHRASE also works, as with
+duplicity). Restores need the passphrase or --decrypt-key FILE (a secret key; its passphrase,
+if any, from FLOTILLA_PASSPHRASE/PASSPHRASE). --no-encryption stores gzip'd objects.
+
+URLs: file:///absolute/dir or file://relative/dir (azure:// and swift:// follow).
+
+Times (--time, remove-older-than, --full-if-older-than) use duplicity's syntax: now, epoch
+seconds, intervals before now (90s, 3D, 2W1D; units s m h D W M Y), 20261120T041741Z,
+2026-11-20T04:17:41[+01:00], 2026-11-20, 2026/11/20, 11/20/2026.
+
+Stock duplicity reads what flotilla-agent writes, and the other way round:
+  PASSPHRASE=... duplicity restore file:///backups/web-01 /tmp/r";
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla-agent",
+    version,
+    about = "Flotilla agent: duplicity-compatible encrypted backups of this host",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// State directory (signature cache, identity). Default: /var/lib/flotilla-agent as
+    /// root, else $XDG_STATE_HOME/flotilla-agent.
+    #[arg(long, global = true, env = "FLOTILLA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// No progress bar even on a terminal.
+    #[arg(long, global = true)]
+    no_progress: bool,
+    /// Print a machine-readable JSON result on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DecryptArgs {
+    /// Secret key file (ASCII-armored or binary) to decrypt with; repeatable. Its
+    /// passphrase comes from FLOTILLA_PASSPHRASE / PASSPHRASE.
+    #[arg(long = "decrypt-key", value_name = "FILE")]
+    decrypt_keys: Vec<PathBuf>,
+    /// Require every volume to be signed by this public key (file); fail otherwise.
+    #[arg(long = "require-signature", value_name = "FILE")]
+    require_signature: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Back up SRC to URL: incremental when a chain exists, else full.
+    Backup {
+        /// Directory to back up.
+        src: PathBuf,
+        /// Destination, e.g. file:///var/backups/web-01.
+        url: String,
+        /// Start a new chain with a full backup.
+        #[arg(long)]
+        full: bool,
+        /// Make a full backup when the chain's full is older than this (e.g. 7D).
+        #[arg(long, value_name = "TIME")]
+        full_if_older_than: Option<String>,
+        /// Volume size in MiB, as duplicity's --volsize.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        volsize: u64,
+        /// Exclude paths matching this glob (absolute, **/..., or relative to SRC); repeatable,
+        /// first matching --include/--exclude wins.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Include paths matching this glob (see --exclude).
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
+        /// Encrypt to this public key (file, armored or binary); repeatable.
+        #[arg(long = "encrypt-key", value_name = "FILE")]
+        encrypt_keys: Vec<PathBuf>,
+        /// Sign every object with this secret key (file). Its passphrase comes from
+        /// FLOTILLA_SIGN_PASSPHRASE / SIGN_PASSPHRASE.
+        #[arg(long, value_name = "FILE")]
+        sign_key: Option<PathBuf>,
+        /// Store objects unencrypted (gzip).
+        #[arg(long)]
+        no_encryption: bool,
+        /// Compression level inside the OpenPGP messages or gzip objects (0 = none, 1 = fastest,
+        /// 9 = smallest).
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+        compress_level: u32,
+        /// Threads compressing in parallel (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[command(flatten)]
+        decrypt: DecryptArgs,
+        /// Set time instead of now (epoch seconds or any --time form); for tests and
+        /// imports, like duplicity's --current-time.
+        #[arg(long, hide = true)]
+        current_time: Option<String>,
+    },
+    /// Restore the tree (or --path) as it was at --time into TARGET.
+    Restore {
+        url: String,
+        /// Directory to restore into: must be absent or empty unless --force.
+        target: PathBuf,
+        /// Point in time (default: now, i.e. the latest backup).
+        #[arg(short, long, value_name = "TIME")]
+        time: Option<String>,
+        /// Restore only this file or directory (relative to the backed-up root); a file
+        /// is written at TARGET (or inside TARGET if it is an existing directory).
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
+        /// Restore into a non-empty target, replacing paths the backup holds.
+        #[arg(long)]
+        force: bool,
+        /// Do not set file owners (default: set them when running as root).
+        #[arg(long)]
+        no_owner: bool,
+        /// Set owners from the stored numeric ids, not the user/group names.
+        #[arg(long)]
+        numeric_owner: bool,
+        #[command(flatten)]
+        decrypt: DecryptArgs,
+    },
+    /// List the files of the backup at --time (from the signature files).
+    Ls {
+        url: String,
+        #[arg(short, long, value_name = "TIME")]
+        time: Option<String>,
+        #[command(flatten)]
+        decrypt: DecryptArgs,
+    },
+    /// Show chains and sets, like duplicity collection-status. Needs no key.
+    Status { url: String },
+    /// Compare the backup at --time with directory SRC (data and metadata); exit 1 when
+    /// anything differs.
+    Verify {
+        url: String,
+        src: PathBuf,
+        #[arg(short, long, value_name = "TIME")]
+        time: Option<String>,
+        /// Compare only this path of the backup (SRC then corresponds to it).
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
+        #[command(flatten)]
+        decrypt: DecryptArgs,
+    },
+    /// Delete chains that ended before TIME (never the latest chain). Dry run unless --force.
+    RemoveOlderThan {
+        time: String,
+        url: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Keep the N most recent chains, delete older ones. Dry run unless --force.
+    RemoveAllButNFull {
+        n: usize,
+        url: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete incomplete sets left by interrupted backups. Dry run unless --force.
+    Cleanup {
+        url: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn env_secret(names: &[&str]) -> Option<Passphrase> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok())
+        .map(Passphrase::new)
+}
+
+fn passphrase() -> Option<Passphrase> {
+    env_secret(&["FLOTILLA_PASSPHRASE", "PASSPHRASE"])
+}
+
+fn decryption_keys(args: &DecryptArgs) -> Result<DecryptionKeys> {
+    let pass = passphrase();
+    let mut keys = DecryptionKeys::default();
+    for f in &args.decrypt_keys {
+        keys.secret_keys.push(
+            SecretKey::from_file(f, pass.clone()).with_context(|| format!("--decrypt-key {}", f.display()))?,
+        );
+    }
+    for f in &args.require_signature {
+        keys.expected_signers
+            .push(PublicKey::from_file(f).with_context(|| format!("--require-signature {}", f.display()))?);
+    }
+    if let Some(p) = pass {
+        keys.passphrases.push(p);
+    }
+    Ok(keys)
+}
+
+/// A terminal progress bar (stderr).
+struct Bar {
+    bar: ProgressBar,
+    files: AtomicU64,
+    total_files: AtomicU64,
+}
+
+impl Progress for Bar {
+    fn start(&self, phase: &str, total: Option<u64>) {
+        self.bar.set_prefix(phase.to_string());
+        if let Some(t) = total {
+            self.bar.set_length(t);
+        }
+    }
+    fn set_total(&self, bytes: u64, files: u64) {
+        self.bar.set_length(bytes);
+        self.total_files.store(files, Ordering::Relaxed);
+    }
+    fn bytes(&self, n: u64) {
+        self.bar.inc(n);
+    }
+    fn file(&self) {
+        let f = self.files.fetch_add(1, Ordering::Relaxed) + 1;
+        if f % 64 == 0 {
+            let total = self.total_files.load(Ordering::Relaxed);
+            self.bar.set_message(if total > 0 {
+                format!("{f}/{total} files")
+            } else {
+                format!("{f} files")
+            });
+        }
+    }
+    fn note(&self, msg: &str) {
+        self.bar.println(msg);
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn progress(cli: &Cli) -> SharedProgress {
+    if cli.no_progress || cli.json || !std::io::stderr().is_terminal() {
+        return Arc::new(NoProgress);
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>8} {elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    Arc::new(Bar {
+        bar,
+        files: AtomicU64::new(0),
+        total_files: AtomicU64::new(0),
+    })
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn time_arg(t: &Option<String>) -> Result<i64> {
+    match t {
+        None => Ok(now()),
+        Some(s) => Ok(parse_time(s, now())?),
+    }
+}
+
+fn path_arg(p: &Option<String>) -> Result<Index> {
+    match p {
+        None => Ok(Index::root()),
+        Some(s) => Index::parse(s.as_bytes()).map_err(|e| anyhow!("--path {s:?}: {e}")),
+    }
+}
+
+/// `--include` and `--exclude` in command-line order (the first match wins).
+fn selection_rules(m: &ArgMatches) -> Vec<(Rule, String)> {
+    let mut rules: Vec<(usize, Rule, String)> = Vec::new();
+    for (id, rule) in [("include", Rule::Include), ("exclude", Rule::Exclude)] {
+        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
+            for (i, v) in idx.zip(vals) {
+                rules.push((i, rule, v.clone()));
+            }
+        }
+    }
+    rules.sort_by_key(|r| r.0);
+    rules.into_iter().map(|(_, r, v)| (r, v)).collect()
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn main() {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {
+        match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+        .to_string()
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(&cli, &matches) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("flotilla-agent: error: {e:#}");
+            let retry = e
+                .downcast_ref::<EngineError>()
+                .is_some_and(|e| e.is_retryable());
+            if retry {
+                eprintln!("(this may be temporary: trying again later can help)");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let url = match &cli.command {
+        Command::Backup { url, .. }
+        | Command::Restore { url, .. }
+        | Command::Ls { url, .. }
+        | Command::Status { url }
+        | Command::Verify { url, .. }
+        | Command::RemoveOlderThan { url, .. }
+        | Command::RemoveAllButNFull { url, .. }
+        | Command::Cleanup { url, .. } => url,
+    };
+    let store = open_blocking(url, rt.handle().clone())?;
+    let ctx = Context {
+        store,
+        state_dir: state_dir.clone(),
+        progress: progress(cli),
+    };
+    match &cli.command {
+        Command::Backup {
+            src,
+            full,
+            full_if_older_than,
+            volsize,
+            encrypt_keys,
+            sign_key,
+            no_encryption,
+            compress_level,
+            threads,
+            decrypt,
+            current_time,
+            ..
+        } => {
+            let sub = matches.subcommand_matches("backup").expect("backup matches");
+            let compression = match *compress_level {
+                0 => Compression::None,
+                level => Compression::Zip { level },
+            };
+            let codec = if *no_encryption {
+                if !encrypt_keys.is_empty() || sign_key.is_some() {
+                    bail!("--no-encryption cannot be combined with --encrypt-key or --sign-key");
+                }
+                Codec::Gzip { level: *compress_level }
+            } else {
+                let mut recipients = Vec::new();
+                for f in encrypt_keys {
+                    let k = PublicKey::from_file(f).with_context(|| format!("--encrypt-key {}", f.display()))?;
+                    recipients.push(k);
+                }
+                let pass = if recipients.is_empty() { passphrase() } else { None };
+                if recipients.is_empty() && pass.is_none() {
+                    bail!(
+                        "no encryption configured: set FLOTILLA_PASSPHRASE (or PASSPHRASE), give \
+                         --encrypt-key FILE, or use --no-encryption"
+                    );
+                }
+                let signer = match sign_key {
+                    Some(f) => Some(
+                        SecretKey::from_file(f, env_secret(&["FLOTILLA_SIGN_PASSPHRASE", "SIGN_PASSPHRASE"]))
+                            .with_context(|| format!("--sign-key {}", f.display()))?,
+                    ),
+                    None => None,
+                };
+                Codec::Encrypted(EncryptionSpec {
+                    recipients,
+                    passphrase: pass,
+                    signer,
+                    compression,
+                    compression_threads: threads.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+                    }),
+                })
+            };
+            let mut skip = vec![state_dir.clone()];
+            if let Ok(p) = std::fs::canonicalize(&state_dir) {
+                skip.push(p);
+            }
+            if let Some(p) = url.strip_prefix("file://").and_then(|p| std::fs::canonicalize(p).ok()) {
+                skip.push(p);
+            }
+            let opts = BackupOptions {
+                source: src.clone(),
+                mode: if *full { BackupMode::Full } else { BackupMode::Auto },
+                full_if_older_than: full_if_older_than
+                    .as_deref()
+                    .map(parse_interval)
+                    .transpose()
+                    .context("--full-if-older-than")?,
+                volsize: volsize * 1024 * 1024,
+                selection: selection_rules(sub),
+                codec,
+                decrypt_keys: decryption_keys(decrypt)?,
+                time: current_time
+                    .as_deref()
+                    .map(|t| parse_time(t, now()))
+                    .transpose()
+                    .context("--current-time")?,
+                hostname: None,
+                skip,
+            };
+            let report = engine::backup::backup(&ctx, &opts)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                if let Some(r) = &report.full_reason {
+                    eprintln!("Full backup: {r}.");
+                }
+                eprintln!(
+                    "{} backup {} complete: {} volume(s), {} objects.",
+                    if report.kind == "full" { "Full" } else { "Incremental" },
+                    format_time(report.set_time),
+                    report.volumes,
+                    report.objects.len()
+                );
+                print!("{}", report.stats.render());
+            }
+            Ok(if report.stats.errors > 0 { 1 } else { 0 })
+        }
+        Command::Restore {
+            target,
+            time,
+            path,
+            force,
+            no_owner,
+            numeric_owner,
+            decrypt,
+            ..
+        } => {
+            let opts = RestoreOptions {
+                time: time_arg(time)?,
+                path: path_arg(path)?,
+                target: target.clone(),
+                force: *force,
+                keys: decryption_keys(decrypt)?,
+                // SAFETY: geteuid has no preconditions.
+                restore_owner: !*no_owner && unsafe { libc::geteuid() } == 0,
+                numeric_owner: *numeric_owner,
+            };
+            let report = engine::restore::restore(&ctx, &opts)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+                eprintln!(
+                    "Restored {} path(s), {} bytes from {} set(s) ({} volume(s)) into {} (backup time {}).",
+                    report.stats.files,
+                    report.stats.bytes,
+                    report.sets.len(),
+                    report.stats.volumes,
+                    report.target.display(),
+                    format_time(report.sets.last().map(|_| report.time).unwrap_or(0))
+                );
+            }
+            Ok(0)
+        }
+        Command::Ls { time, decrypt, .. } => {
+            let keys = decryption_keys(decrypt)?;
+            let mut items = Vec::new();
+            let json = cli.json;
+            engine::inspect::list(&ctx, time_arg(time)?, &keys, |p| {
+                if json {
+                    items.push(p);
+                } else {
+                    println!("{}", p.render());
+                }
+            })?;
+            if json {
+                print_json(&items)?;
+            }
+            Ok(0)
+        }
+        Command::Status { .. } => {
+            let st = engine::inspect::status(&ctx)?;
+            if cli.json {
+                print_json(&st)?;
+            } else {
+                print!("{}", st.render());
+            }
+            Ok(0)
+        }
+        Command::Verify {
+            src,
+            time,
+            path,
+            decrypt,
+            ..
+        } => {
+            let keys = decryption_keys(decrypt)?;
+            let report = engine::verify::verify(&ctx, time_arg(time)?, &path_arg(path)?, src, &keys)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                for d in &report.differences {
+                    println!("Difference found: {}: {}", d.path, d.what);
+                }
+                println!(
+                    "Verify complete: {} path(s) compared, {} difference(s) found.",
+                    report.compared,
+                    report.differences.len()
+                );
+            }
+            Ok(if report.differences.is_empty() { 0 } else { 1 })
+        }
+        Command::RemoveOlderThan { time, force, .. } => {
+            let t = parse_time(time, now())?;
+            let plan = engine::retention::remove_older_than(&ctx, t, *force)?;
+            report_retention(cli, &plan)
+        }
+        Command::RemoveAllButNFull { n, force, .. } => {
+            if *n == 0 {
+                bail!("N must be at least 1 (the latest chain is always kept)");
+            }
+            let plan = engine::retention::remove_all_but_n_full(&ctx, *n, *force)?;
+            report_retention(cli, &plan)
+        }
+        Command::Cleanup { force, .. } => {
+            let plan = engine::retention::cleanup(&ctx, *force)?;
+            report_retention(cli, &plan)
+        }
+    }
+}
+
+fn report_retention(cli: &Cli, plan: &engine::retention::RetentionPlan) -> Result<i32> {
+    if cli.json {
+        print_json(plan)?;
+        return Ok(0);
+    }
+    if plan.objects.is_empty() {
+        println!("Nothing to delete ({} chain(s) kept).", plan.kept_chains);
+        return Ok(0);
+    }
+    let verb = if plan.deleted { "Deleted" } else { "Would delete" };
+    for s in &plan.sets {
+        println!("{verb} set: {s}");
+    }
+    for o in &plan.objects {
+        println!("  {o}");
+    }
+    if !plan.deleted {
+        println!("Dry run: nothing was deleted. Run again with --force to delete.");
+    }
+    Ok(0)
+}

@@ -1,0 +1,200 @@
+//! How objects are stored: OpenPGP (`.gpg`), gzip (`.gz`, with `--no-encryption`) or
+//! plain, and the SHA-1 over the stored bytes that manifests record.
+
+use super::error::{EngineError, Result};
+use flotilla_common::archive::names::{ObjectKind, ObjectName, SetTimes};
+use flotilla_common::archive::StoredObject;
+use flotilla_common::crypto::{self, DecryptionKeys, EncryptionSpec, MessageWriter};
+use flotilla_common::storage::{BlockingStore, ObjectWriter};
+use sha1::{Digest, Sha1};
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+/// The encoding of a backup's objects.
+#[derive(Clone)]
+pub enum Codec {
+    /// OpenPGP messages (`.gpg`).
+    Encrypted(EncryptionSpec),
+    /// `--no-encryption`: gzip for volumes and signatures (`.gz`), manifests plain.
+    Gzip { level: u32 },
+}
+
+impl Codec {
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self, Codec::Encrypted(_))
+    }
+
+    pub fn object_name(&self, set: SetTimes, kind: ObjectKind) -> ObjectName {
+        ObjectName::new(set, kind, self.is_encrypted())
+    }
+
+    /// A writer that encodes into `out` and hashes what is stored.
+    pub fn writer(&self, kind: ObjectKind, out: ObjectWriter) -> Result<EncodedWriter> {
+        let hashed = Sha1Writer {
+            inner: out,
+            hasher: Sha1::new(),
+            bytes: 0,
+        };
+        let inner = match self {
+            Codec::Encrypted(spec) => Inner::Pgp(Box::new(spec.writer(hashed).map_err(|e| {
+                EngineError::Crypto {
+                    object: "new object".into(),
+                    error: e,
+                }
+            })?)),
+            Codec::Gzip { level } if kind != ObjectKind::Manifest => Inner::Gzip(
+                flate2::write::GzEncoder::new(hashed, flate2::Compression::new(*level)),
+            ),
+            Codec::Gzip { .. } => Inner::Plain(hashed),
+        };
+        Ok(EncodedWriter { inner })
+    }
+}
+
+/// Counts and SHA-1-hashes bytes on their way to the store.
+pub struct Sha1Writer {
+    inner: ObjectWriter,
+    hasher: Sha1,
+    bytes: u64,
+}
+
+impl Write for Sha1Writer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Inner {
+    Pgp(Box<MessageWriter<Sha1Writer>>),
+    Gzip(flate2::write::GzEncoder<Sha1Writer>),
+    Plain(Sha1Writer),
+}
+
+/// An object being written; see [`Codec::writer`].
+pub struct EncodedWriter {
+    inner: Inner,
+}
+
+/// What [`EncodedWriter::finish`] reports.
+#[derive(Clone, Debug)]
+pub struct StoredInfo {
+    pub sha1: String,
+    pub bytes: u64,
+}
+
+impl EncodedWriter {
+    /// Finishes the encoding and the upload: the object exists when this returns.
+    pub fn finish(self) -> io::Result<StoredInfo> {
+        let hashed = match self.inner {
+            Inner::Pgp(w) => w.finish().map_err(|e| e.into_io())?,
+            Inner::Gzip(w) => w.finish()?,
+            Inner::Plain(w) => w,
+        };
+        let sha1 = hex(&hashed.hasher.finalize());
+        let bytes = hashed.bytes;
+        hashed.inner.finish()?;
+        Ok(StoredInfo { sha1, bytes })
+    }
+}
+
+impl Write for EncodedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Pgp(w) => w.write(buf),
+            Inner::Gzip(w) => w.write(buf),
+            Inner::Plain(w) => w.write(buf),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Pgp(w) => w.write_all(buf),
+            Inner::Gzip(w) => w.write_all(buf),
+            Inner::Plain(w) => w.write_all(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// The SHA-1 of an object, available once its reader reached the end.
+#[derive(Clone, Default)]
+pub struct HashCell(Arc<Mutex<Option<String>>>);
+
+impl HashCell {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().expect("hash cell").clone()
+    }
+}
+
+/// Hashes the raw object bytes as they are read.
+struct Sha1Reader<R> {
+    inner: R,
+    hasher: Option<Sha1>,
+    cell: HashCell,
+}
+
+impl<R: Read> Read for Sha1Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = self.hasher.as_mut() {
+            if n == 0 {
+                let digest = self.hasher.take().expect("present").finalize();
+                *self.cell.0.lock().expect("hash cell") = Some(hex(&digest));
+            } else {
+                h.update(&buf[..n]);
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Opens an object for reading: downloads, hashes the stored bytes, and decodes by the
+/// name's suffix (`.gpg` → OpenPGP, `.gz` → gunzip, else raw).
+pub fn open_object(
+    store: &BlockingStore,
+    obj: &StoredObject,
+    keys: &DecryptionKeys,
+) -> Result<(Box<dyn Read + Send>, HashCell)> {
+    let raw = store.get(&obj.name)?;
+    let cell = HashCell::default();
+    let hashed = Sha1Reader {
+        inner: io::BufReader::with_capacity(1 << 20, raw),
+        hasher: Some(Sha1::new()),
+        cell: cell.clone(),
+    };
+    let reader: Box<dyn Read + Send> = if obj.parsed.encrypted {
+        crypto::decrypt_reader(keys, hashed).map_err(|e| EngineError::Crypto {
+            object: obj.name.clone(),
+            error: e,
+        })?
+    } else if obj.parsed.compressed {
+        Box::new(flate2::read::MultiGzDecoder::new(hashed))
+    } else {
+        Box::new(hashed)
+    };
+    Ok((reader, cell))
+}
+
+/// Reads a whole (small) object and decodes it.
+pub fn read_object(store: &BlockingStore, obj: &StoredObject, keys: &DecryptionKeys) -> Result<Vec<u8>> {
+    let (mut r, _) = open_object(store, obj, keys)?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out)
+        .map_err(|e| EngineError::from_object_io(&obj.name, e))?;
+    Ok(out)
+}

@@ -1,0 +1,891 @@
+//! Restores (and the reading half of verify): the entry streams of a chain's sets,
+//! merged by index and reconstructed as duplicity does (duplicity-format.md §3.7).
+//!
+//! Each set's selected volumes are downloaded, hashed and decrypted by a background
+//! thread into a bounded channel; the merge runs on the caller's thread. A volume is
+//! accepted only when its SHA-1 matches the manifest and its OpenPGP integrity check
+//! passed at the end of the stream, so everything is written to a staging directory
+//! first and moved into the target only after every volume checked out: a failed restore
+//! leaves the target as it was.
+
+use super::codec::open_object;
+use super::error::{EngineError, Result};
+use super::owners::Owners;
+use super::Context;
+use flotilla_common::archive::entry::{EntryKind, EntryName};
+use flotilla_common::archive::names::SetTimes;
+use flotilla_common::archive::rsync::apply_delta;
+use flotilla_common::archive::tarfmt::{self, TarHeader, TarReader};
+use flotilla_common::archive::{BackupSet, Collection, FileKind, FileMeta, Index, Manifest, StoredObject};
+use flotilla_common::crypto::DecryptionKeys;
+use flotilla_common::storage::BlockingStore;
+use serde::Serialize;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+
+const FEED_CHUNK: usize = 256 * 1024;
+/// Chunks buffered per set stream (bounded memory per set).
+const FEED_DEPTH: usize = 16;
+
+enum Msg {
+    Data(Vec<u8>),
+    /// End of one volume, with its verdict.
+    End(Result<()>),
+}
+
+/// The plaintext of a set's selected volumes, one volume after another: reads return
+/// EOF at each volume's end until [`Feed::next_volume`].
+struct Feed {
+    rx: Receiver<Msg>,
+    buf: Vec<u8>,
+    pos: usize,
+    at_end: bool,
+}
+
+impl Read for Feed {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos < self.buf.len() {
+                let n = out.len().min(self.buf.len() - self.pos);
+                out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.at_end {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Msg::Data(d)) => {
+                    self.buf = d;
+                    self.pos = 0;
+                }
+                Ok(Msg::End(Ok(()))) => {
+                    self.at_end = true;
+                    return Ok(0);
+                }
+                Ok(Msg::End(Err(e))) => {
+                    self.at_end = true;
+                    return Err(e.into_io());
+                }
+                Err(_) => return Err(io::Error::other("volume reader stopped")),
+            }
+        }
+    }
+}
+
+impl Feed {
+    fn next_volume(&mut self) {
+        self.at_end = false;
+    }
+}
+
+/// Starts the background reader of a set's volumes.
+fn spawn_feed(store: BlockingStore, volumes: Vec<(StoredObject, Option<String>)>, keys: DecryptionKeys) -> Feed {
+    let (tx, rx) = sync_channel::<Msg>(FEED_DEPTH);
+    std::thread::Builder::new()
+        .name("volume-reader".into())
+        .spawn(move || {
+            for (obj, expected) in volumes {
+                let result = (|| -> Result<()> {
+                    let (mut r, hash) = open_object(&store, &obj, &keys)?;
+                    loop {
+                        let mut chunk = vec![0u8; FEED_CHUNK];
+                        let mut n = 0;
+                        while n < chunk.len() {
+                            match r.read(&mut chunk[n..]) {
+                                Ok(0) => break,
+                                Ok(k) => n += k,
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                                Err(e) => return Err(EngineError::from_object_io(&obj.name, e)),
+                            }
+                        }
+                        if n == 0 {
+                            break;
+                        }
+                        chunk.truncate(n);
+                        if tx.send(Msg::Data(chunk)).is_err() {
+                            return Err(EngineError::Interrupted);
+                        }
+                    }
+                    let actual = hash.get().unwrap_or_default();
+                    match expected {
+                        Some(exp) if exp != actual => Err(EngineError::HashMismatch {
+                            object: obj.name.clone(),
+                            expected: exp,
+                            actual,
+                        }),
+                        _ => Ok(()),
+                    }
+                })();
+                let failed = result.is_err();
+                if tx.send(Msg::End(result)).is_err() || failed {
+                    return;
+                }
+            }
+        })
+        .expect("spawn volume reader");
+    Feed {
+        rx,
+        buf: Vec::new(),
+        pos: 0,
+        at_end: false,
+    }
+}
+
+/// An entry of a set with its pieces joined.
+#[derive(Clone, Debug)]
+pub struct LogicalEntry {
+    pub name: EntryName,
+    pub header: TarHeader,
+}
+
+/// The entries of one set across its selected volumes.
+struct SetStream {
+    label: String,
+    volume_names: Vec<String>,
+    vol_pos: usize,
+    tar: Option<TarReader<Feed>>,
+    peeked: Option<(EntryName, TarHeader)>,
+    /// The entry being read (for continuing multivol pieces).
+    current: Option<EntryName>,
+    exhausted: bool,
+}
+
+impl SetStream {
+    fn object(&self) -> String {
+        self.volume_names
+            .get(self.vol_pos)
+            .cloned()
+            .unwrap_or_else(|| self.label.clone())
+    }
+
+    /// The next raw tar entry, crossing volume boundaries.
+    fn next_raw(&mut self) -> Result<Option<(EntryName, TarHeader)>> {
+        loop {
+            let obj = self.object();
+            let Some(tar) = self.tar.as_mut() else {
+                return Ok(None);
+            };
+            match tar.next_header().map_err(|e| EngineError::from((obj.clone(), e)))? {
+                Some(h) => {
+                    if h.typeflag == tarfmt::TYPE_HARDLINK {
+                        return Err(EngineError::corrupt(
+                            obj,
+                            format!("hard link entry {:?} is not supported", String::from_utf8_lossy(&h.name)),
+                        ));
+                    }
+                    let name = EntryName::parse(&h.name).map_err(|e| EngineError::from((obj.clone(), e)))?;
+                    if name.kind == EntryKind::Signature {
+                        return Err(EngineError::corrupt(obj, "signature entry inside a volume"));
+                    }
+                    return Ok(Some((name, h)));
+                }
+                None => {
+                    // Tar end: drain the rest (padding) so the hash and integrity check
+                    // of this volume are complete, then go on with the next volume.
+                    let mut feed = self.tar.take().expect("present").into_inner();
+                    io::copy(&mut feed, &mut io::sink()).map_err(|e| EngineError::from_object_io(&obj, e))?;
+                    self.vol_pos += 1;
+                    if self.vol_pos < self.volume_names.len() {
+                        feed.next_volume();
+                        self.tar = Some(TarReader::new(feed));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves to the next logical entry, skipping what is left of the current one.
+    fn next_entry(&mut self) -> Result<Option<LogicalEntry>> {
+        if self.exhausted {
+            return Ok(None);
+        }
+        if self.current.is_some() {
+            let mut sink = io::sink();
+            io::copy(self, &mut sink).map_err(|e| EngineError::from_object_io(&self.object(), e))?;
+        }
+        self.current = None;
+        let next = match self.peeked.take() {
+            Some(p) => Some(p),
+            None => self.next_raw()?,
+        };
+        match next {
+            None => {
+                self.exhausted = true;
+                Ok(None)
+            }
+            Some((name, header)) => {
+                self.current = Some(name.clone());
+                Ok(Some(LogicalEntry { name, header }))
+            }
+        }
+    }
+}
+
+impl Read for SetStream {
+    /// Data of the current entry, following multivol pieces into later entries/volumes.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(cur) = self.current.clone() else {
+            return Ok(0);
+        };
+        loop {
+            if let Some(tar) = self.tar.as_mut() {
+                let n = tar.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+            }
+            if cur.piece.is_none() {
+                return Ok(0);
+            }
+            // The piece is done; does the next entry continue it?
+            match self.next_raw().map_err(EngineError::into_io)? {
+                Some((n, h)) if n.piece.is_some() && n.index == cur.index && n.kind == cur.kind => {
+                    let _ = h;
+                }
+                other => {
+                    // The tar reader now stands in the next entry's data: this entry is
+                    // over, and nothing more may be read for it.
+                    self.peeked = other;
+                    self.current = None;
+                    return Ok(0);
+                }
+            }
+        }
+    }
+}
+
+/// The sets chosen for a restore at a time, with their manifests.
+pub struct RestorePlan {
+    pub sets: Vec<(BackupSet, Manifest)>,
+    pub time: i64,
+}
+
+/// Picks the chain and sets for time `t` and reads their manifests.
+pub fn plan(ctx: &Context, time: i64, keys: &DecryptionKeys) -> Result<RestorePlan> {
+    let listing = ctx.store.list()?;
+    let coll = Collection::from_listing(listing.iter().map(|o| (o.name.clone(), o.size)));
+    if coll.chains.is_empty() {
+        let mut msg = format!("no complete backup found in {}", ctx.store.label());
+        if !coll.incomplete.is_empty() {
+            msg.push_str(&format!(
+                " ({} incomplete set(s) from interrupted backups are never restored)",
+                coll.incomplete.len()
+            ));
+        }
+        return Err(EngineError::NoBackup(msg));
+    }
+    let chain = coll.chain_for_time(time)?;
+    let mut sets = Vec::new();
+    for set in chain.sets_until(time) {
+        let obj = set.manifest.as_ref().expect("complete sets have manifests");
+        let data = super::codec::read_object(&ctx.store, obj, keys)?;
+        let manifest = Manifest::parse(&data).map_err(|e| EngineError::from((obj.name.clone(), e)))?;
+        for v in manifest.volumes.values() {
+            if !set.volumes.contains_key(&v.number) {
+                return Err(EngineError::MissingVolume {
+                    set: set.times.to_string(),
+                    number: v.number,
+                });
+            }
+            if v.sha1.is_none() {
+                return Err(EngineError::corrupt(&obj.name, format!("volume {} has no SHA1 hash", v.number)));
+            }
+        }
+        if let Some(d) = set.duplicates.first() {
+            return Err(EngineError::corrupt(d, "two objects for the same part of a set"));
+        }
+        sets.push((set.clone(), manifest));
+    }
+    Ok(RestorePlan { sets, time })
+}
+
+/// What a reconstructed regular file's content is.
+pub enum Content<'a> {
+    /// Not a regular file.
+    None,
+    /// Stream the data.
+    Stream(&'a mut dyn Read),
+    /// Already materialized in a scratch file (after deltas); the sink takes it.
+    Scratch(PathBuf),
+}
+
+/// Receives the reconstructed tree in index order.
+pub trait TreeSink {
+    /// A directory for scratch files on the same file system as the output.
+    fn scratch_dir(&self) -> &Path;
+    fn entry(&mut self, index: &Index, meta: &FileMeta, content: Content<'_>) -> Result<()>;
+}
+
+/// Counts of a reconstruction.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TreeStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub volumes: u64,
+    pub sets: u64,
+}
+
+/// Runs the merge of §3.7 for `plan`, restricted to `prefix` (re-rooted at it).
+pub fn reconstruct(ctx: &Context, plan: &RestorePlan, prefix: &Index, keys: &DecryptionKeys, sink: &mut dyn TreeSink) -> Result<TreeStats> {
+    let mut stats = TreeStats::default();
+    let mut streams: Vec<SetStream> = Vec::new();
+    for (set, manifest) in &plan.sets {
+        let selected: Vec<(StoredObject, Option<String>)> = manifest
+            .volumes
+            .values()
+            .filter(|v| v.may_contain(prefix))
+            .map(|v| (set.volumes[&v.number].clone(), v.sha1.clone()))
+            .collect();
+        stats.volumes += selected.len() as u64;
+        stats.sets += 1;
+        let names = selected.iter().map(|(o, _)| o.name.clone()).collect();
+        let tar = if selected.is_empty() {
+            None
+        } else {
+            Some(TarReader::new(spawn_feed(ctx.store.clone(), selected, keys.clone())))
+        };
+        streams.push(SetStream {
+            label: set.times.to_string(),
+            volume_names: names,
+            vol_pos: 0,
+            tar,
+            peeked: None,
+            current: None,
+            exhausted: false,
+        });
+    }
+    let mut heads: Vec<Option<LogicalEntry>> = Vec::with_capacity(streams.len());
+    for s in streams.iter_mut() {
+        heads.push(s.next_entry()?);
+    }
+    let mut found_prefix = prefix.is_root();
+    loop {
+        let Some(min) = heads.iter().flatten().map(|e| e.name.index.clone()).min() else {
+            break;
+        };
+        let holders: Vec<usize> = (0..heads.len())
+            .filter(|&i| heads[i].as_ref().is_some_and(|e| e.name.index == min))
+            .collect();
+        if let Some(rel) = min.strip_prefix(prefix) {
+            let base = holders
+                .iter()
+                .rposition(|&i| heads[i].as_ref().expect("holder").name.kind != EntryKind::Diff);
+            match base {
+                None => {
+                    tracing::warn!("{min}: delta without a full copy before it in the chain; skipped");
+                }
+                Some(b) => {
+                    let base_i = holders[b];
+                    let base_entry = heads[base_i].clone().expect("holder");
+                    if base_entry.name.kind != EntryKind::Deleted {
+                        found_prefix = true;
+                        let last = heads[*holders.last().expect("nonempty")].clone().expect("holder");
+                        let meta = FileMeta::from_header(&last.header).ok_or_else(|| {
+                            EngineError::corrupt(&streams[base_i].object(), format!("{min}: unsupported entry type"))
+                        })?;
+                        let base_meta = FileMeta::from_header(&base_entry.header);
+                        let diffs: Vec<usize> = holders[b + 1..].to_vec();
+                        if base_meta.as_ref().is_some_and(|m| m.kind == FileKind::Regular) {
+                            if diffs.is_empty() {
+                                let mut counting = CountingReader {
+                                    inner: &mut streams[base_i],
+                                    n: 0,
+                                };
+                                sink.entry(&rel, &meta, Content::Stream(&mut counting))?;
+                                stats.bytes += counting.n;
+                            } else {
+                                let path = materialize(&mut streams, base_i, &diffs, sink.scratch_dir(), &min)?;
+                                stats.bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                                sink.entry(&rel, &meta, Content::Scratch(path))?;
+                            }
+                        } else if !diffs.is_empty() && meta.kind == FileKind::Regular {
+                            return Err(EngineError::corrupt(
+                                &streams[diffs[0]].object(),
+                                format!("{min}: delta against something that is not a regular file"),
+                            ));
+                        } else {
+                            sink.entry(&rel, &meta, Content::None)?;
+                        }
+                        stats.files += 1;
+                        ctx.progress.file();
+                    }
+                }
+            }
+        }
+        for &i in &holders {
+            heads[i] = streams[i].next_entry()?;
+        }
+    }
+    if !found_prefix {
+        return Err(EngineError::NoBackup(format!(
+            "{} is not in the backup at {}",
+            prefix,
+            flotilla_common::archive::format_time(plan.time)
+        )));
+    }
+    Ok(stats)
+}
+
+struct CountingReader<'a, R: Read> {
+    inner: &'a mut R,
+    n: u64,
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+static SCRATCH_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn scratch_path(dir: &Path) -> PathBuf {
+    let n = SCRATCH_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("scratch-{}-{n}", std::process::id()))
+}
+
+/// Writes the base snapshot to a scratch file and applies the deltas in order.
+fn materialize(streams: &mut [SetStream], base: usize, diffs: &[usize], dir: &Path, index: &Index) -> Result<PathBuf> {
+    let mut path = scratch_path(dir);
+    {
+        let mut f = File::create(&path).map_err(|e| EngineError::io(&path, e))?;
+        let obj = streams[base].object();
+        io::copy(&mut streams[base], &mut io::BufWriter::with_capacity(1 << 20, &mut f))
+            .map_err(|e| EngineError::from_object_io(&obj, e))?;
+    }
+    for &d in diffs {
+        let next = scratch_path(dir);
+        let obj = streams[d].object();
+        {
+            let basis = File::open(&path).map_err(|e| EngineError::io(&path, e))?;
+            let out = File::create(&next).map_err(|e| EngineError::io(&next, e))?;
+            let mut w = io::BufWriter::with_capacity(1 << 20, out);
+            apply_delta(&mut streams[d], &basis, &mut w)
+                .map_err(|e| EngineError::from((format!("{obj} ({index})"), e)))?;
+            w.flush().map_err(|e| EngineError::io(&next, e))?;
+        }
+        let _ = std::fs::remove_file(&path);
+        path = next;
+    }
+    Ok(path)
+}
+
+/// Options of a restore.
+#[derive(Clone)]
+pub struct RestoreOptions {
+    pub time: i64,
+    /// Restore only this path (re-rooted at the target).
+    pub path: Index,
+    pub target: PathBuf,
+    pub force: bool,
+    pub keys: DecryptionKeys,
+    /// Set owners (default when running as root).
+    pub restore_owner: bool,
+    /// Use the stored numeric ids, not the names.
+    pub numeric_owner: bool,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreReport {
+    pub time: i64,
+    pub sets: Vec<String>,
+    pub target: PathBuf,
+    pub stats: TreeStats,
+    pub warnings: Vec<String>,
+}
+
+fn to_cstring(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+fn set_mtime(path: &Path, mtime: i64, follow: bool) -> io::Result<()> {
+    let c = to_cstring(path)?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        libc::timespec {
+            tv_sec: mtime as libc::time_t,
+            tv_nsec: 0,
+        },
+    ];
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: valid C string and a 2-element timespec array.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn lchown(path: &Path, uid: u64, gid: u64) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32))
+}
+
+/// Writes the reconstructed tree into a staging directory.
+struct StagingSink {
+    root: PathBuf,
+    scratch: PathBuf,
+    dirs: Vec<(Index, PathBuf, FileMeta)>,
+    owners: Owners,
+    restore_owner: bool,
+    numeric_owner: bool,
+    root_kind: Option<FileKind>,
+    warnings: Vec<String>,
+    buf: Vec<u8>,
+    /// Top-level directories whose metadata waits for the final move.
+    deferred: Vec<(Index, FileMeta)>,
+}
+
+impl StagingSink {
+    fn path_of(&self, index: &Index) -> PathBuf {
+        let mut p = self.root.clone();
+        for c in index.components() {
+            p.push(OsStr::from_bytes(c));
+        }
+        p
+    }
+
+    fn apply_meta(&mut self, path: &Path, meta: &FileMeta) -> io::Result<()> {
+        if self.restore_owner {
+            let (uid, gid) = if self.numeric_owner {
+                (meta.uid, meta.gid)
+            } else {
+                (
+                    self.owners.local_uid(&meta.uname, meta.uid),
+                    self.owners.local_gid(&meta.gname, meta.gid),
+                )
+            };
+            lchown(path, uid, gid)?;
+        }
+        if meta.kind == FileKind::Symlink {
+            return Ok(()); // duplicity restores no symlink mode or mtime
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.perms))?;
+        set_mtime(path, meta.mtime, false)
+    }
+
+    fn close_dirs_until(&mut self, index: Option<&Index>) -> Result<()> {
+        while let Some((di, _, _)) = self.dirs.last() {
+            if index.is_some_and(|i| i.starts_with(di) && i != di) {
+                break;
+            }
+            let (index, path, meta) = self.dirs.pop().expect("non-empty");
+            if index.depth() <= 1 {
+                // Top-level directories are moved into the target at the end; they
+                // get their final (maybe read-only) mode after that move.
+                self.deferred.push((index, meta));
+                continue;
+            }
+            self.apply_meta(&path, &meta).map_err(|e| EngineError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Applies the final metadata of open directories deeper than `depth`.
+    fn close_dirs_deeper_than(&mut self, depth: usize) -> Result<()> {
+        while self.dirs.last().is_some_and(|(i, _, _)| i.depth() > depth) {
+            let (_, path, meta) = self.dirs.pop().expect("non-empty");
+            self.apply_meta(&path, &meta).map_err(|e| EngineError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// The parent of `path` must be a directory this restore created (never a symlink
+    /// from the archive, which could point outside the target).
+    fn check_parent(&self, index: &Index, path: &Path) -> Result<()> {
+        let Some(parent_index) = index.parent() else { return Ok(()) };
+        if self.dirs.last().is_some_and(|(di, _, _)| *di == parent_index) {
+            return Ok(());
+        }
+        let parent = path.parent().expect("has parent");
+        match std::fs::symlink_metadata(parent) {
+            Ok(md) if md.is_dir() && !md.file_type().is_symlink() => Ok(()),
+            Ok(_) => Err(EngineError::corrupt(
+                "archive",
+                format!("refusing to restore {index}: its parent is not a directory in the backup"),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Directory entries missing from the archive: create them, checking each
+                // existing component on the way.
+                let mut p = self.root.clone();
+                for c in parent_index.components() {
+                    p.push(OsStr::from_bytes(c));
+                    match std::fs::symlink_metadata(&p) {
+                        Ok(md) if md.is_dir() => {}
+                        Ok(_) => {
+                            return Err(EngineError::corrupt(
+                                "archive",
+                                format!("refusing to restore {index}: a parent is not a directory"),
+                            ));
+                        }
+                        Err(_) => std::fs::create_dir(&p).map_err(|e| EngineError::io(&p, e))?,
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(EngineError::io(parent, e)),
+        }
+    }
+}
+
+impl TreeSink for StagingSink {
+    fn scratch_dir(&self) -> &Path {
+        &self.scratch
+    }
+
+    fn entry(&mut self, index: &Index, meta: &FileMeta, content: Content<'_>) -> Result<()> {
+        self.close_dirs_until(Some(index))?;
+        if index.is_root() {
+            self.root_kind = Some(meta.kind);
+        }
+        let path = self.path_of(index);
+        self.check_parent(index, &path)?;
+        let io_err = |e| EngineError::io(&path, e);
+        match meta.kind {
+            FileKind::Directory => {
+                match std::fs::create_dir(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+                    Err(e) => return Err(io_err(e)),
+                }
+                // Owner-writable until its contents are in; final mode applied on close.
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+                self.dirs.push((index.clone(), path, meta.clone()));
+                return Ok(());
+            }
+            FileKind::Regular => match content {
+                Content::Scratch(scratch) => {
+                    std::fs::rename(&scratch, &path).map_err(io_err)?;
+                }
+                Content::Stream(r) => {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .mode(0o600)
+                        .open(&path)
+                        .map_err(io_err)?;
+                    let mut w = io::BufWriter::with_capacity(1 << 20, f);
+                    if self.buf.is_empty() {
+                        self.buf = vec![0u8; 1 << 20];
+                    }
+                    loop {
+                        let n = match r.read(&mut self.buf) {
+                            Ok(0) => break,
+                            Ok(n) => n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(EngineError::from_object_io(&index.display(), e)),
+                        };
+                        w.write_all(&self.buf[..n]).map_err(io_err)?;
+                    }
+                    w.flush().map_err(io_err)?;
+                }
+                Content::None => {
+                    File::create(&path).map_err(io_err)?;
+                }
+            },
+            FileKind::Symlink => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(&meta.link_target), &path).map_err(io_err)?;
+            }
+            FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice => {
+                let c = to_cstring(&path).map_err(io_err)?;
+                let (kind_bits, dev) = match meta.kind {
+                    FileKind::Fifo => (libc::S_IFIFO, 0),
+                    FileKind::CharDevice => (libc::S_IFCHR, libc::makedev(meta.devmajor, meta.devminor)),
+                    _ => (libc::S_IFBLK, libc::makedev(meta.devmajor, meta.devminor)),
+                };
+                // SAFETY: valid C string.
+                if unsafe { libc::mknod(c.as_ptr(), kind_bits | 0o600, dev) } != 0 {
+                    let e = io::Error::last_os_error();
+                    if meta.kind != FileKind::Fifo && e.kind() == io::ErrorKind::PermissionDenied {
+                        let msg = format!("{index}: cannot create a device node without root; skipped");
+                        tracing::warn!("{msg}");
+                        self.warnings.push(msg);
+                        return Ok(());
+                    }
+                    return Err(io_err(e));
+                }
+            }
+        }
+        self.apply_meta(&path, meta).map_err(|e| EngineError::io(&path, e))
+    }
+}
+
+fn dir_is_empty(p: &Path) -> io::Result<bool> {
+    Ok(std::fs::read_dir(p)?.next().is_none())
+}
+
+static STAGING_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Restores the tree (or `opts.path`) as it was at `opts.time` into `opts.target`.
+pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let target = &opts.target;
+    // Check the target before anything is downloaded.
+    let target_md = std::fs::symlink_metadata(target);
+    let created_target = match &target_md {
+        Ok(md) if md.is_dir() => {
+            if !opts.force && !dir_is_empty(target).map_err(|e| EngineError::io(target, e))? {
+                return Err(EngineError::TargetNotEmpty(target.clone()));
+            }
+            false
+        }
+        Ok(_) if !opts.force => {
+            return Err(EngineError::Usage(format!(
+                "restore target {} exists and is not a directory; use --force to replace it",
+                target.display()
+            )));
+        }
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) => return Err(EngineError::io(target, io::Error::new(e.kind(), e.to_string()))),
+    };
+    let plan = plan(ctx, opts.time, &opts.keys)?;
+    ctx.progress.start("restore", None);
+
+    let target_is_dir = matches!(&target_md, Ok(md) if md.is_dir());
+    if created_target {
+        std::fs::create_dir_all(target).map_err(|e| EngineError::io(target, e))?;
+    }
+    let staging_parent = if target_is_dir || created_target {
+        target.clone()
+    } else {
+        target.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    };
+    let staging = staging_parent.join(format!(
+        ".flotilla-restore-{}-{}",
+        std::process::id(),
+        STAGING_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let cleanup = |created: bool| {
+        let _ = std::fs::remove_dir_all(&staging);
+        if created {
+            let _ = std::fs::remove_dir_all(target);
+        }
+    };
+    let mut sink = StagingSink {
+        root: staging.join("root"),
+        scratch: staging.join("scratch"),
+        dirs: Vec::new(),
+        owners: Owners::default(),
+        restore_owner: opts.restore_owner,
+        numeric_owner: opts.numeric_owner,
+        root_kind: None,
+        warnings: Vec::new(),
+        buf: Vec::new(),
+        deferred: Vec::new(),
+    };
+    let result = (|| -> Result<TreeStats> {
+        std::fs::create_dir(&staging).map_err(|e| EngineError::io(&staging, e))?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| EngineError::io(&staging, e))?;
+        std::fs::create_dir(&sink.scratch).map_err(|e| EngineError::io(&sink.scratch, e))?;
+        let stats = reconstruct(ctx, &plan, &opts.path, &opts.keys, &mut sink)?;
+        // Everything verified: move the staged tree into place. Directories below the
+        // top level get their final metadata now; top-level ones after the move (a
+        // read-only directory cannot be moved to another parent by a non-root user).
+        sink.close_dirs_deeper_than(1)?;
+        let mut top_dirs: Vec<(Index, FileMeta)> = sink.dirs.drain(..).map(|(i, _, m)| (i, m)).collect();
+        top_dirs.append(&mut sink.deferred);
+        // Children before the root, so the root's mtime is set last.
+        top_dirs.sort_by_key(|(i, _)| std::cmp::Reverse(i.depth()));
+        let root_path = sink.root.clone();
+        match sink.root_kind {
+            Some(FileKind::Directory) => {
+                let rd = std::fs::read_dir(&root_path).map_err(|e| EngineError::io(&root_path, e))?;
+                for e in rd {
+                    let e = e.map_err(|e| EngineError::io(&root_path, e))?;
+                    let dest = target.join(e.file_name());
+                    if opts.force {
+                        if let Ok(md) = std::fs::symlink_metadata(&dest) {
+                            let r = if md.is_dir() {
+                                std::fs::remove_dir_all(&dest)
+                            } else {
+                                std::fs::remove_file(&dest)
+                            };
+                            r.map_err(|e| EngineError::io(&dest, e))?;
+                        }
+                    }
+                    std::fs::rename(e.path(), &dest).map_err(|e| EngineError::io(&dest, e))?;
+                }
+                for (index, meta) in &top_dirs {
+                    let dest = if index.is_root() {
+                        target.clone()
+                    } else {
+                        target.join(OsStr::from_bytes(index.as_bytes()))
+                    };
+                    sink.apply_meta(&dest, meta).map_err(|e| EngineError::io(&dest, e))?;
+                }
+            }
+            Some(_) => {
+                let dest = if target_is_dir {
+                    let name = opts.path.file_name();
+                    target.join(OsStr::from_bytes(if name.is_empty() { b"restored" } else { name }))
+                } else if created_target {
+                    // The target was created as a directory for staging; a single file
+                    // takes its place.
+                    let tmp = target.with_file_name(format!(
+                        ".flotilla-restore-file-{}",
+                        std::process::id()
+                    ));
+                    std::fs::rename(&root_path, &tmp).map_err(|e| EngineError::io(&tmp, e))?;
+                    std::fs::remove_dir_all(&staging).map_err(|e| EngineError::io(&staging, e))?;
+                    std::fs::remove_dir(target).map_err(|e| EngineError::io(target, e))?;
+                    std::fs::rename(&tmp, target).map_err(|e| EngineError::io(target, e))?;
+                    return Ok(stats);
+                } else {
+                    target.clone()
+                };
+                if std::fs::symlink_metadata(&dest).is_ok() {
+                    if !opts.force {
+                        return Err(EngineError::Usage(format!(
+                            "{} exists; use --force to replace it",
+                            dest.display()
+                        )));
+                    }
+                    let md = std::fs::symlink_metadata(&dest).map_err(|e| EngineError::io(&dest, e))?;
+                    let r = if md.is_dir() {
+                        std::fs::remove_dir_all(&dest)
+                    } else {
+                        std::fs::remove_file(&dest)
+                    };
+                    r.map_err(|e| EngineError::io(&dest, e))?;
+                }
+                std::fs::rename(&root_path, &dest).map_err(|e| EngineError::io(&dest, e))?;
+            }
+            None => return Err(EngineError::NoBackup("nothing to restore".into())),
+        }
+        Ok(stats)
+    })();
+    match result {
+        Ok(stats) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            ctx.progress.finish();
+            Ok(RestoreReport {
+                time: plan.time,
+                sets: plan.sets.iter().map(|(s, _)| s.times.to_string()).collect(),
+                target: target.clone(),
+                stats,
+                warnings: sink.warnings,
+            })
+        }
+        Err(e) => {
+            cleanup(created_target);
+            Err(e)
+        }
+    }
+}
+
+/// The set times of a plan, for messages.
+pub fn describe_sets(plan: &RestorePlan) -> Vec<SetTimes> {
+    plan.sets.iter().map(|(s, _)| s.times).collect()
+}
