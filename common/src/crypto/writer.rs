@@ -1,0 +1,511 @@
+//! Push-based OpenPGP message writer (see the module documentation for the layout).
+
+use std::io::{self, Write};
+
+use aes::Aes256;
+use cfb_mode::BufEncryptor;
+use cfb_mode::cipher::KeyIvInit;
+use pgp::composed::RawSessionKey;
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::crypto::sym::SymmetricKeyAlgorithm;
+use pgp::packet::{
+    OnePassSignature, PacketTrait, PublicKeyEncryptedSessionKey, SignatureConfig,
+    SignatureHasher, SignatureType, Subpacket, SubpacketData, SymKeyEncryptedSessionKey,
+};
+use pgp::types::{KeyDetails, KeyVersion, Password, SigningKey, StringToKey, Timestamp};
+use rand::RngCore;
+use sha1::{Digest, Sha1};
+use zeroize::Zeroizing;
+
+use super::compress::{CHUNK, Deflater, Sink, zlib_header};
+use super::error::CryptoError;
+use super::keys::{KeyRef, SecretKey, SigningComponent, now, select_encryption_key};
+use super::{Compression, EncryptionSpec, default_threads};
+
+/// SEIPD partial body part: 2^20 bytes.
+const PART_LOG2: u8 = 20;
+const PART: usize = 1 << PART_LOG2;
+/// Literal data partial body part: 2^16 bytes.
+const LIT_PART_LOG2: u8 = 16;
+const LIT_PART: usize = 1 << LIT_PART_LOG2;
+/// Buffer for unencrypted output.
+const PLAIN_BUF: usize = 256 * 1024;
+
+const TAG_SEIPD_NEW: u8 = 0xC0 | 18;
+const TAG_LITERAL_NEW: u8 = 0xC0 | 11;
+/// Old-format header, tag 8 (compressed data), length type 3 (indeterminate) — as GnuPG.
+const TAG_COMPRESSED_OLD_INDETERMINATE: u8 = 0x80 | (8 << 2) | 3;
+
+/// Appends a new-format definite body length.
+fn push_len(out: &mut Vec<u8>, len: usize) {
+    if len < 192 {
+        out.push(len as u8);
+    } else if len < 8384 {
+        let l = len - 192;
+        out.push(((l >> 8) + 192) as u8);
+        out.push((l & 0xff) as u8);
+    } else {
+        out.push(0xff);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+    }
+}
+
+/// Writes an OpenPGP message to `W`; see [`EncryptionSpec::writer`].
+///
+/// `write` never blocks on more than the bounded compression queue. Call [`Self::finish`]
+/// to complete the message; dropping the writer without it stops the compression threads
+/// and leaves an incomplete message in `W`. After an error the writer is unusable.
+pub struct MessageWriter<W: Write> {
+    inner: Option<Box<Inner<W>>>,
+}
+
+struct Inner<W: Write> {
+    framer: Framer<W>,
+    /// Deflate stage and whether it is ZLIB (else ZIP). None = no compressed packet.
+    deflate: Option<(Deflater, bool)>,
+    /// Literal-packet stream chunk being filled (only with compression).
+    lchunk: Vec<u8>,
+    /// Staged literal body (starts with the literal header), at most LIT_PART bytes.
+    lit: Vec<u8>,
+    lit_started: bool,
+    signer: Option<Signer>,
+}
+
+struct Signer {
+    hasher: SignatureHasher,
+    key: SecretKey,
+    comp: SigningComponent,
+}
+
+impl<W: Write + Send> MessageWriter<W> {
+    pub(crate) fn new(spec: &EncryptionSpec, mut out: W) -> Result<Self, CryptoError> {
+        let level = spec.compression.level();
+        if let Some(l) = level
+            && l > 9
+        {
+            return Err(CryptoError::InvalidSpec(format!(
+                "compression level {l} is out of range 0..=9"
+            )));
+        }
+        let threads = match spec.compression_threads {
+            0 => default_threads(),
+            n => n,
+        };
+        let t = now();
+        let mut targets = Vec::with_capacity(spec.recipients.len());
+        for r in &spec.recipients {
+            let which = select_encryption_key(&r.key, t)?;
+            let version = match which {
+                KeyRef::Primary => r.key.primary_key.version(),
+                KeyRef::Subkey(i) => r.key.public_subkeys[i].key.version(),
+            };
+            if version != KeyVersion::V4 {
+                return Err(CryptoError::Unsupported(format!(
+                    "recipient key {} is a {version:?} key; GnuPG 2.2 only reads v4",
+                    r.fingerprint_hex()
+                )));
+            }
+            targets.push((r, which));
+        }
+        let signer = match &spec.signer {
+            None => None,
+            Some(key) => {
+                key.check_signing_usable()?;
+                let comp = key.signing_component()?;
+                Some(make_signer(key, comp)?)
+            }
+        };
+
+        let mut rng = rand::thread_rng();
+        let seipd = if spec.is_encrypting() {
+            let alg = SymmetricKeyAlgorithm::AES256;
+            let mut key = Zeroizing::new(vec![0u8; alg.key_size()]);
+            rng.fill_bytes(&mut key);
+            let session_key = RawSessionKey::from(key.as_slice());
+            let pgp = CryptoError::pgp;
+            let mut head = Vec::new();
+            for (r, which) in &targets {
+                let pkesk = match which {
+                    KeyRef::Primary => PublicKeyEncryptedSessionKey::from_session_key_v3(
+                        &mut rng,
+                        &session_key,
+                        alg,
+                        &*r.key,
+                    ),
+                    KeyRef::Subkey(i) => PublicKeyEncryptedSessionKey::from_session_key_v3(
+                        &mut rng,
+                        &session_key,
+                        alg,
+                        &r.key.public_subkeys[*i],
+                    ),
+                }
+                .map_err(pgp)?;
+                pkesk.to_writer_with_header(&mut head).map_err(pgp)?;
+            }
+            if let Some(pw) = &spec.passphrase {
+                let s2k = StringToKey::new_default(&mut rng);
+                let skesk =
+                    SymKeyEncryptedSessionKey::encrypt_v4(&pw.to_pgp(), &session_key, s2k, alg)
+                        .map_err(pgp)?;
+                skesk.to_writer_with_header(&mut head).map_err(pgp)?;
+            }
+            out.write_all(&head)?;
+            let iv = [0u8; 16];
+            let enc = BufEncryptor::<Aes256>::new_from_slices(&key, &iv)
+                .map_err(|e| CryptoError::Pgp(format!("AES-256 setup: {e}")))?;
+            Some(SeipdState {
+                enc,
+                mdc: Sha1::new(),
+                started: false,
+            })
+        } else {
+            None
+        };
+
+        let mut framer = Framer {
+            out,
+            buf: Vec::with_capacity(if seipd.is_some() { PART } else { PLAIN_BUF }),
+            seipd,
+        };
+        if framer.seipd.is_some() {
+            // SEIPD version 1, then the random prefix with its two quick-check bytes.
+            framer.buf.push(1);
+            let mut prefix = [0u8; 18];
+            rng.fill_bytes(&mut prefix[..16]);
+            prefix[16] = prefix[14];
+            prefix[17] = prefix[15];
+            framer.put(&prefix)?;
+        }
+
+        let deflate = match spec.compression {
+            Compression::None => None,
+            Compression::Zip { level } => {
+                framer.put(&[TAG_COMPRESSED_OLD_INDETERMINATE, 1])?;
+                Some((Deflater::new(level, threads), false))
+            }
+            Compression::Zlib { level } => {
+                framer.put(&[TAG_COMPRESSED_OLD_INDETERMINATE, 2])?;
+                framer.put(&zlib_header(level))?;
+                Some((Deflater::new(level, threads), true))
+            }
+        };
+
+        let mut lit = Vec::with_capacity(LIT_PART);
+        lit.push(b'b'); // binary
+        lit.push(0); // empty file name
+        lit.extend_from_slice(&t.to_be_bytes());
+
+        let mut inner = Box::new(Inner {
+            framer,
+            deflate,
+            lchunk: if level.is_some() {
+                Vec::with_capacity(CHUNK)
+            } else {
+                Vec::new()
+            },
+            lit,
+            lit_started: false,
+            signer: None,
+        });
+        if let Some((s, ops)) = signer {
+            inner.put_l(&ops)?;
+            inner.signer = Some(s);
+        }
+        Ok(MessageWriter { inner: Some(inner) })
+    }
+}
+
+fn make_signer(key: &SecretKey, comp: SigningComponent) -> Result<(Signer, Vec<u8>), CryptoError> {
+    let pgp = CryptoError::pgp;
+    let signing: &dyn SigningKey = match comp {
+        SigningComponent::Primary => &key.key.primary_key,
+        SigningComponent::Subkey(i) => &key.key.secret_subkeys[i].key,
+    };
+    if signing.version() != KeyVersion::V4 {
+        return Err(CryptoError::Unsupported(format!(
+            "signing key {} is a {:?} key; GnuPG 2.2 only reads v4",
+            key.fingerprint_hex(),
+            signing.version()
+        )));
+    }
+    let hash = HashAlgorithm::Sha256;
+    let mut config = SignatureConfig::v4(SignatureType::Binary, signing.algorithm(), hash);
+    config.hashed_subpackets = vec![
+        Subpacket::regular(SubpacketData::IssuerFingerprint(signing.fingerprint())).map_err(pgp)?,
+        Subpacket::regular(SubpacketData::SignatureCreationTime(Timestamp::now())).map_err(pgp)?,
+    ];
+    config.unhashed_subpackets =
+        vec![Subpacket::regular(SubpacketData::IssuerKeyId(signing.legacy_key_id())).map_err(pgp)?];
+    let ops = OnePassSignature::v3(
+        SignatureType::Binary,
+        hash,
+        signing.algorithm(),
+        signing.legacy_key_id(),
+    );
+    let mut ops_bytes = Vec::new();
+    ops.to_writer_with_header(&mut ops_bytes).map_err(pgp)?;
+    let hasher = config.into_hasher().map_err(pgp)?;
+    Ok((
+        Signer {
+            hasher,
+            key: key.clone(),
+            comp,
+        },
+        ops_bytes,
+    ))
+}
+
+impl<W: Write> Inner<W> {
+    /// Appends to the literal-packet stream (OPS, literal packet, signature).
+    fn put_l(&mut self, mut data: &[u8]) -> Result<(), CryptoError> {
+        let Some((deflater, _)) = &mut self.deflate else {
+            return self.framer.put(data);
+        };
+        while !data.is_empty() {
+            if self.lchunk.len() == CHUNK {
+                let full = std::mem::replace(&mut self.lchunk, deflater.take_buffer());
+                deflater.push(full, &mut self.framer)?;
+            }
+            let n = (CHUNK - self.lchunk.len()).min(data.len());
+            self.lchunk.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Emits one partial literal part of exactly LIT_PART bytes.
+    fn emit_lit_part(&mut self, part: Option<&[u8]>) -> Result<(), CryptoError> {
+        let (hdr, n) = if self.lit_started {
+            ([0xE0 | LIT_PART_LOG2, 0], 1)
+        } else {
+            ([TAG_LITERAL_NEW, 0xE0 | LIT_PART_LOG2], 2)
+        };
+        self.lit_started = true;
+        self.put_l(&hdr[..n])?;
+        match part {
+            Some(p) => self.put_l(p),
+            None => {
+                let lit = std::mem::take(&mut self.lit);
+                let r = self.put_l(&lit);
+                self.lit = lit;
+                self.lit.clear();
+                r
+            }
+        }
+    }
+
+    fn write_data(&mut self, mut data: &[u8]) -> Result<(), CryptoError> {
+        if let Some(s) = &mut self.signer {
+            s.hasher.write_all(data)?;
+        }
+        while !data.is_empty() {
+            if self.lit.len() == LIT_PART {
+                // More data follows, so the staged part is not the last one.
+                self.emit_lit_part(None)?;
+            }
+            if self.lit.is_empty() && data.len() > LIT_PART {
+                // Whole part straight from the caller's buffer (data remains after it).
+                self.emit_lit_part(Some(&data[..LIT_PART]))?;
+                data = &data[LIT_PART..];
+                continue;
+            }
+            let n = (LIT_PART - self.lit.len()).min(data.len());
+            self.lit.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<W, CryptoError> {
+        // Last literal part, definite length (never empty: it holds at least the header or
+        // one byte of data).
+        let mut hdr = Vec::with_capacity(6);
+        if !self.lit_started {
+            hdr.push(TAG_LITERAL_NEW);
+        }
+        push_len(&mut hdr, self.lit.len());
+        self.put_l(&hdr)?;
+        let lit = std::mem::take(&mut self.lit);
+        self.put_l(&lit)?;
+        if let Some(s) = self.signer.take() {
+            let Signer { hasher, key, comp } = s;
+            let signing: &dyn SigningKey = match comp {
+                SigningComponent::Primary => &key.key.primary_key,
+                SigningComponent::Subkey(i) => &key.key.secret_subkeys[i].key,
+            };
+            let sig = hasher
+                .sign(signing, &Password::empty())
+                .map_err(CryptoError::pgp)?;
+            let mut bytes = Vec::new();
+            sig.to_writer_with_header(&mut bytes)
+                .map_err(CryptoError::pgp)?;
+            self.put_l(&bytes)?;
+        }
+        if let Some((mut deflater, zlib)) = self.deflate.take() {
+            let last = std::mem::take(&mut self.lchunk);
+            deflater.finish(last, &mut self.framer)?;
+            if zlib {
+                self.framer.put(&deflater.adler().to_be_bytes())?;
+            }
+        }
+        self.framer.finish()
+    }
+}
+
+impl<W: Write> Write for MessageWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(inner) = &mut self.inner else {
+            return Err(CryptoError::WriterFailed.into_io());
+        };
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        match inner.write_data(buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => {
+                // Poison: stops the compression threads.
+                self.inner = None;
+                Err(e.into_io())
+            }
+        }
+    }
+
+    /// Flushes what has been encrypted so far to the underlying writer. Data still inside
+    /// the compressor or in an unfinished packet part is not forced out.
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Some(inner) => inner.framer.out.flush(),
+            None => Err(CryptoError::WriterFailed.into_io()),
+        }
+    }
+}
+
+impl<W: Write> MessageWriter<W> {
+    /// Completes the message (last parts, signature, MDC), flushes and returns the
+    /// underlying writer.
+    pub fn finish(mut self) -> Result<W, CryptoError> {
+        let inner = self.inner.take().ok_or(CryptoError::WriterFailed)?;
+        inner.finish()
+    }
+}
+
+struct SeipdState {
+    enc: BufEncryptor<Aes256>,
+    mdc: Sha1,
+    /// The packet tag and the first partial length have been written.
+    started: bool,
+}
+
+/// Last stage: SEIPD v1 framing + AES-256-CFB + MDC, or plain buffering.
+struct Framer<W: Write> {
+    out: W,
+    /// SEIPD: the current part (already encrypted, starts with the version byte for the first
+    /// part). Plain: output buffer.
+    buf: Vec<u8>,
+    seipd: Option<SeipdState>,
+}
+
+impl<W: Write> Framer<W> {
+    fn flush_part(&mut self) -> Result<(), CryptoError> {
+        let st = self.seipd.as_mut().expect("seipd");
+        if !st.started {
+            self.out.write_all(&[TAG_SEIPD_NEW, 0xE0 | PART_LOG2])?;
+            st.started = true;
+        } else {
+            self.out.write_all(&[0xE0 | PART_LOG2])?;
+        }
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Encrypts and appends without hashing (for the MDC packet itself).
+    fn put_encrypted(&mut self, mut data: &[u8]) -> Result<(), CryptoError> {
+        while !data.is_empty() {
+            if self.buf.len() == PART {
+                // More data follows: this part is not the last one.
+                self.flush_part()?;
+            }
+            let n = (PART - self.buf.len()).min(data.len());
+            let start = self.buf.len();
+            self.buf.extend_from_slice(&data[..n]);
+            let st = self.seipd.as_mut().expect("seipd");
+            st.enc.encrypt(&mut self.buf[start..]);
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<W, CryptoError> {
+        match self.seipd.as_mut() {
+            None => {
+                self.out.write_all(&self.buf)?;
+            }
+            Some(st) => {
+                let mut mdc = [0u8; 22];
+                mdc[0] = 0xD3;
+                mdc[1] = 0x14;
+                st.mdc.update(&mdc[..2]);
+                let hash = std::mem::take(&mut st.mdc).finalize();
+                mdc[2..].copy_from_slice(&hash);
+                self.put_encrypted(&mdc)?;
+                let st = self.seipd.as_mut().expect("seipd");
+                let mut hdr = Vec::with_capacity(6);
+                if !st.started {
+                    hdr.push(TAG_SEIPD_NEW);
+                }
+                push_len(&mut hdr, self.buf.len());
+                self.out.write_all(&hdr)?;
+                self.out.write_all(&self.buf)?;
+            }
+        }
+        self.buf = Vec::new();
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Sink for Framer<W> {
+    fn put(&mut self, data: &[u8]) -> Result<(), CryptoError> {
+        match &mut self.seipd {
+            Some(st) => {
+                st.mdc.update(data);
+                self.put_encrypted(data)
+            }
+            None => {
+                if self.buf.len() + data.len() > PLAIN_BUF {
+                    self.out.write_all(&self.buf)?;
+                    self.buf.clear();
+                    if data.len() >= PLAIN_BUF / 2 {
+                        self.out.write_all(data)?;
+                        return Ok(());
+                    }
+                }
+                self.buf.extend_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_format_lengths() {
+        let enc = |n| {
+            let mut v = Vec::new();
+            push_len(&mut v, n);
+            v
+        };
+        assert_eq!(enc(0), [0]);
+        assert_eq!(enc(191), [191]);
+        assert_eq!(enc(192), [192, 0]);
+        assert_eq!(enc(8383), [223, 255]);
+        assert_eq!(enc(8384), [255, 0, 0, 0x20, 0xC0]);
+        assert_eq!(TAG_COMPRESSED_OLD_INDETERMINATE, 0xA3);
+        assert_eq!(TAG_SEIPD_NEW, 0xD2);
+        assert_eq!(TAG_LITERAL_NEW, 0xCB);
+    }
+}
