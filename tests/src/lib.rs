@@ -14,6 +14,7 @@
 //! `deploy/install-test-deps.sh`; tests that need them fail with that hint rather
 //! than skip.
 
+pub mod agent;
 pub mod bins;
 pub mod duplicity;
 pub mod fixture;

@@ -817,6 +817,9 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                     }
                     std::fs::rename(e.path(), &dest).map_err(|e| EngineError::io(&dest, e))?;
                 }
+                // The staging directory lives in the target: remove it before the
+                // target's own mtime is set.
+                std::fs::remove_dir_all(&staging).map_err(|e| EngineError::io(&staging, e))?;
                 for (index, meta) in &top_dirs {
                     let dest = if index.is_root() {
                         target.clone()

@@ -460,7 +460,11 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                if i % 3 == 0 { (x % 7) as u8 } else { b'a' + (i % 13) as u8 }
+                if i % 3 == 0 {
+                    (x % 7) as u8
+                } else {
+                    b'a' + (i % 13) as u8
+                }
             })
             .collect()
     }
@@ -471,7 +475,10 @@ mod tests {
         let d = data(300_000);
         let whole = adler32(1, &d);
         let (a, b) = d.split_at(123_457);
-        assert_eq!(adler32_combine(adler32(1, a), adler32(1, b), b.len() as u64), whole);
+        assert_eq!(
+            adler32_combine(adler32(1, a), adler32(1, b), b.len() as u64),
+            whole
+        );
         assert_eq!(adler32_combine(whole, adler32(1, b""), 0), whole);
     }
 

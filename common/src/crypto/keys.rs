@@ -243,9 +243,10 @@ impl SecretKey {
         let comp = self.signing_component()?;
         let locked = match comp {
             SigningComponent::Primary => self.key.primary_key.secret_params().is_encrypted(),
-            SigningComponent::Subkey(i) => {
-                self.key.secret_subkeys[i].key.secret_params().is_encrypted()
-            }
+            SigningComponent::Subkey(i) => self.key.secret_subkeys[i]
+                .key
+                .secret_params()
+                .is_encrypted(),
         };
         if locked {
             return Err(CryptoError::SecretKeyLocked {
@@ -392,10 +393,10 @@ impl ComponentStatus {
             Some("no valid self-signature".into())
         } else if self.revoked {
             Some("key is revoked".into())
-        } else if let Some(e) = self.expires.filter(|e| *e <= u64::from(now)) {
-            Some(format!("key expired at {}", fmt_time(e)))
         } else {
-            None
+            self.expires
+                .filter(|e| *e <= u64::from(now))
+                .map(|e| format!("key expired at {}", fmt_time(e)))
         }
     }
 }
@@ -417,7 +418,10 @@ fn sig_created(sig: &Signature) -> u32 {
 }
 
 /// Status of the primary key from its newest verifying self-signature.
-pub(crate) fn primary_status<'a>(key: &'a SignedPublicKey, _now: u32) -> Result<ComponentStatus, String> {
+pub(crate) fn primary_status<'a>(
+    key: &'a SignedPublicKey,
+    _now: u32,
+) -> Result<ComponentStatus, String> {
     let primary = &key.primary_key;
     let revoked = key
         .details
@@ -501,10 +505,10 @@ pub(crate) fn subkey_status(key: &SignedPublicKey, sub: &SignedPublicSubKey) -> 
                     best = Some(sig);
                 }
             }
-            Some(SignatureType::SubkeyRevocation) => {
-                if sig.verify_subkey_binding(primary, &sub.key).is_ok() {
-                    revoked = true;
-                }
+            Some(SignatureType::SubkeyRevocation)
+                if sig.verify_subkey_binding(primary, &sub.key).is_ok() =>
+            {
+                revoked = true;
             }
             _ => {}
         }
@@ -527,7 +531,10 @@ pub(crate) fn subkey_status(key: &SignedPublicKey, sub: &SignedPublicSubKey) -> 
 
 /// Picks the key to encrypt to, like GnuPG: the newest valid encryption subkey, else the
 /// primary key if it may encrypt.
-pub(crate) fn select_encryption_key(key: &SignedPublicKey, now: u32) -> Result<KeyRef, CryptoError> {
+pub(crate) fn select_encryption_key(
+    key: &SignedPublicKey,
+    now: u32,
+) -> Result<KeyRef, CryptoError> {
     let fingerprint = format!("{:X}", key.primary_key.fingerprint());
     let primary = primary_status(key, now).map_err(|reason| CryptoError::NoEncryptionSubkey {
         fingerprint: fingerprint.clone(),

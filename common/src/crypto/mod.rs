@@ -29,7 +29,8 @@
 //! 1 MiB chunks, each chunk is deflated independently (primed with the previous chunk's
 //! last 32 KiB as dictionary, ending in a sync flush so that the concatenation is one valid
 //! deflate stream, the last chunk with a final block), and the chunks are reassembled in
-//! order and encrypted serially. Memory stays bounded (a few MiB per message). rpgp is
+//! order and encrypted serially. Memory stays bounded: about 2 MiB per compression thread
+//! plus up to 6 MiB per message, whatever the message size. rpgp is
 //! still used for everything cryptographic apart from the bulk cipher: keys, session-key
 //! packets, S2K and signatures.
 //!
@@ -94,7 +95,9 @@ pub struct EncryptionSpec {
     pub signer: Option<SecretKey>,
     pub compression: Compression,
     /// Threads that deflate one message in parallel; 1 means inline on the writing thread.
-    /// 0 is treated like the default ([`std::thread::available_parallelism`]).
+    /// 0 is treated like the default ([`std::thread::available_parallelism`]). Threads are
+    /// started only once a message exceeds one 1 MiB chunk, at most `threads + 1` chunks
+    /// are in flight, and the threads are joined by `finish` or drop.
     pub compression_threads: usize,
 }
 

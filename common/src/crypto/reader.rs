@@ -15,16 +15,14 @@ use pgp::composed::{
 };
 use pgp::crypto::sym::SymmetricKeyAlgorithm;
 use pgp::packet::{ProtectedDataConfig, SymEncryptedProtectedDataConfig};
-use pgp::types::{
-    DecryptionKey, EskType, Password, PkeskVersion, SkeskVersion, StringToKey,
-};
+use pgp::types::{DecryptionKey, EskType, Password, PkeskVersion, SkeskVersion, StringToKey};
 use sha1::{Digest, Sha1};
 use zeroize::Zeroizing;
 
+use super::DecryptionKeys;
 use super::cfb::{CfbDecryptor, block_size, quick_check};
 use super::error::CryptoError;
 use super::keys::{PublicKey, key_id_hex, verifying_components};
-use super::DecryptionKeys;
 
 const IN_BUF: usize = 256 * 1024;
 const SEIPD_BUF: usize = 256 * 1024;
@@ -156,7 +154,9 @@ pub fn decrypt_reader_with_options<'a, R: Read + Send + 'a>(
             return Err(CryptoError::Unsupported("nested encrypted message".into()));
         }
         Message::Compressed { .. } => {
-            return Err(CryptoError::Malformed("too deeply nested compression".into()));
+            return Err(CryptoError::Malformed(
+                "too deeply nested compression".into(),
+            ));
         }
     }
 
@@ -234,10 +234,8 @@ fn find_session_key(
 ) -> Result<(SymmetricKeyAlgorithm, Zeroizing<Vec<u8>>), CryptoError> {
     let accept = |sk: PlainSessionKey| -> Option<(SymmetricKeyAlgorithm, Zeroizing<Vec<u8>>)> {
         match &sk {
-            PlainSessionKey::V3_4 { sym_alg, key } => {
-                quick_check(*sym_alg, key.as_ref(), prefix)
-                    .then(|| (*sym_alg, Zeroizing::new(key.as_ref().to_vec())))
-            }
+            PlainSessionKey::V3_4 { sym_alg, key } => quick_check(*sym_alg, key.as_ref(), prefix)
+                .then(|| (*sym_alg, Zeroizing::new(key.as_ref().to_vec()))),
             _ => None,
         }
     };
@@ -496,7 +494,7 @@ impl<'a> Seipd<'a> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let f = if e.kind() == io::ErrorKind::UnexpectedEof {
+                    let f = if is_truncation(&e) {
                         Fail::Truncated
                     } else {
                         Fail::Malformed(format!("encrypted data packet: {e}"))
@@ -644,12 +642,22 @@ impl Ctx<'_> {
     }
 }
 
+/// rpgp reports input that ends inside a packet either as `UnexpectedEof` or, for a
+/// definite-length packet, as an `Other` error with this text.
+fn is_truncation(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof
+        || e.to_string().contains("chunk was shorter than expected")
+}
+
 fn chain_has_eof(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cur {
         if let Some(io) = c.downcast_ref::<io::Error>()
-            && io.kind() == io::ErrorKind::UnexpectedEof
+            && is_truncation(io)
         {
+            return true;
+        }
+        if c.to_string().contains("chunk was shorter than expected") {
             return true;
         }
         cur = c.source();

@@ -9,8 +9,8 @@ use pgp::composed::RawSessionKey;
 use pgp::crypto::hash::HashAlgorithm;
 use pgp::crypto::sym::SymmetricKeyAlgorithm;
 use pgp::packet::{
-    OnePassSignature, PacketTrait, PublicKeyEncryptedSessionKey, SignatureConfig,
-    SignatureHasher, SignatureType, Subpacket, SubpacketData, SymKeyEncryptedSessionKey,
+    OnePassSignature, PacketTrait, PublicKeyEncryptedSessionKey, SignatureConfig, SignatureHasher,
+    SignatureType, Subpacket, SubpacketData, SymKeyEncryptedSessionKey,
 };
 use pgp::types::{KeyDetails, KeyVersion, Password, SigningKey, StringToKey, Timestamp};
 use rand::RngCore;

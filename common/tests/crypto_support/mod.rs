@@ -43,8 +43,23 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 /// Text-like, compressible bytes.
 pub fn compressible_bytes(n: usize, seed: u64) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "backup", "volume", "duplicity", "signature", "manifest", "the", "of", "and", "tar",
-        "/usr/lib/x86_64-linux-gnu/", "libc.so.6", "0000644", "root", "\n", "  ", "{", "}",
+        "backup",
+        "volume",
+        "duplicity",
+        "signature",
+        "manifest",
+        "the",
+        "of",
+        "and",
+        "tar",
+        "/usr/lib/x86_64-linux-gnu/",
+        "libc.so.6",
+        "0000644",
+        "root",
+        "\n",
+        "  ",
+        "{",
+        "}",
     ];
     let mut x = seed | 1;
     let mut v = Vec::with_capacity(n + 64);
@@ -53,7 +68,7 @@ pub fn compressible_bytes(n: usize, seed: u64) -> Vec<u8> {
         x ^= x >> 7;
         x ^= x << 17;
         v.extend_from_slice(WORDS[(x % WORDS.len() as u64) as usize].as_bytes());
-        if x % 5 == 0 {
+        if x.is_multiple_of(5) {
             v.extend_from_slice(&(x as u32).to_le_bytes());
         }
     }
@@ -148,14 +163,24 @@ impl GpgHome {
             .prefix("flotilla-gpg")
             .tempdir_in("/tmp")
             .unwrap();
-        std::fs::write(dir.path().join("gpg-agent.conf"), "allow-loopback-pinentry\n").unwrap();
+        std::fs::write(
+            dir.path().join("gpg-agent.conf"),
+            "allow-loopback-pinentry\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         GpgHome { dir }
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new("gpg");
-        c.env("GNUPGHOME", self.dir.path())
-            .args(["--batch", "--no-tty", "--pinentry-mode", "loopback"]);
+        c.env("GNUPGHOME", self.dir.path()).args([
+            "--batch",
+            "--no-tty",
+            "--pinentry-mode",
+            "loopback",
+        ]);
         c
     }
 
@@ -202,7 +227,12 @@ impl GpgHome {
         };
         if secret && name == "sub" {
             self.ok(
-                &["--passphrase", "flotilla-test", "--import", f.to_str().unwrap()],
+                &[
+                    "--passphrase",
+                    "flotilla-test",
+                    "--import",
+                    f.to_str().unwrap(),
+                ],
                 b"",
             );
         } else {
@@ -222,4 +252,70 @@ impl Drop for GpgHome {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// An endless-ish deterministic reader of mixed data (compressible text and random blocks),
+/// generated on the fly so that nothing large is ever held in memory.
+pub struct MixedGen {
+    remaining: u64,
+    block: Vec<u8>,
+    pos: usize,
+    n: u64,
+}
+
+impl MixedGen {
+    pub fn new(len: u64) -> Self {
+        MixedGen {
+            remaining: len,
+            block: Vec::new(),
+            pos: 0,
+            n: 0,
+        }
+    }
+}
+
+impl Read for MixedGen {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        if self.pos == self.block.len() {
+            self.n += 1;
+            self.block = if self.n.is_multiple_of(3) {
+                random_bytes(256 * 1024, self.n)
+            } else {
+                compressible_bytes(256 * 1024, self.n)
+            };
+            self.pos = 0;
+        }
+        let n = buf
+            .len()
+            .min(self.block.len() - self.pos)
+            .min(self.remaining as usize);
+        buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+        self.pos += n;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+pub fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Names of this process's threads.
+pub fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
 }

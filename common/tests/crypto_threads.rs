@@ -1,0 +1,83 @@
+//! Compression worker threads start lazily and always stop (finish, drop, drop after error).
+//! A separate test binary with a single test, so that other tests' threads do not interfere.
+
+mod crypto_support;
+
+use std::io::Write;
+
+use crypto_support::*;
+use flotilla_common::crypto::{Compression, EncryptionSpec};
+
+fn workers() -> usize {
+    thread_names()
+        .iter()
+        .filter(|n| n.starts_with("pgp-deflate"))
+        .count()
+}
+
+#[test]
+fn worker_threads_are_bounded_and_always_joined() {
+    let data = random_bytes(6 << 20, 1);
+    let spec = EncryptionSpec {
+        passphrase: Some("pw".into()),
+        ..spec(Compression::Zip { level: 1 }, 4)
+    };
+
+    // Small message: no threads at all.
+    let mut w = spec.writer(Vec::new()).unwrap();
+    w.write_all(&data[..1000]).unwrap();
+    assert_eq!(workers(), 0);
+    w.finish().unwrap();
+
+    // Large message: 4 workers while writing, none after finish.
+    let mut w = spec.writer(Vec::new()).unwrap();
+    w.write_all(&data).unwrap();
+    assert_eq!(workers(), 4);
+    let msg = w.finish().unwrap();
+    assert_eq!(workers(), 0);
+    assert!(decrypt(&pw_keys("pw"), &msg).unwrap() == data);
+
+    // Dropped without finish.
+    let mut w = spec.writer(Vec::new()).unwrap();
+    w.write_all(&data).unwrap();
+    assert_eq!(workers(), 4);
+    drop(w);
+    assert_eq!(workers(), 0);
+
+    // Output fails mid-way: the write errors, the drop does not hang.
+    struct Failing(usize);
+    impl Write for Failing {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.0 < b.len() {
+                return Err(std::io::Error::other("broken pipe"));
+            }
+            self.0 -= b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = spec.writer(Failing(1 << 20)).unwrap();
+    let mut failed = false;
+    for _ in 0..20 {
+        if w.write_all(&data).is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed);
+    assert_eq!(workers(), 0, "threads stop as soon as the writer fails");
+    drop(w);
+    assert_eq!(workers(), 0);
+
+    // compression_threads = 1: everything inline.
+    let inline = EncryptionSpec {
+        compression_threads: 1,
+        ..spec.clone()
+    };
+    let mut w = inline.writer(Vec::new()).unwrap();
+    w.write_all(&data).unwrap();
+    assert_eq!(workers(), 0);
+    w.finish().unwrap();
+}
