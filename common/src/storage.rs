@@ -36,14 +36,14 @@ pub enum StorageError {
     Denied {
         destination: String,
         name: String,
-        error: object_store::Error,
+        error: Box<object_store::Error>,
     },
     #[error("{destination}: {operation} {name}: {error}")]
     Backend {
         destination: String,
         operation: &'static str,
         name: String,
-        error: object_store::Error,
+        error: Box<object_store::Error>,
     },
     #[error("{destination}: {operation} {name}: {error}")]
     Io {
@@ -58,7 +58,9 @@ impl StorageError {
     /// True when the same request may succeed later (network trouble, server errors).
     pub fn is_retryable(&self) -> bool {
         match self {
-            StorageError::Backend { error, .. } => matches!(error, object_store::Error::Generic { .. }),
+            StorageError::Backend { error, .. } => {
+                matches!(**error, object_store::Error::Generic { .. })
+            }
             StorageError::Io { error, .. } => matches!(
                 error.kind(),
                 io::ErrorKind::TimedOut
@@ -130,13 +132,14 @@ impl Destination {
                     name: path.display().to_string(),
                     error: source,
                 })?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&abs)
-                    .map_err(|source| StorageError::Backend {
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&abs).map_err(
+                    |source| StorageError::Backend {
                         destination: label,
                         operation: "open",
                         name: abs.display().to_string(),
-                        error: source,
-                    })?;
+                        error: Box::new(source),
+                    },
+                )?;
                 Ok(Arc::new(fs))
             }
         }
@@ -194,19 +197,20 @@ impl BlockingStore {
         let name = name.to_string();
         match e {
             object_store::Error::NotFound { .. } => StorageError::NotFound { destination, name },
-            object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists { destination, name },
-            e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) => {
-                StorageError::Denied {
-                    destination,
-                    name,
-                    error: e,
-                }
+            object_store::Error::AlreadyExists { .. } => {
+                StorageError::AlreadyExists { destination, name }
             }
+            e @ (object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }) => StorageError::Denied {
+                destination,
+                name,
+                error: Box::new(e),
+            },
             source => StorageError::Backend {
                 destination,
                 operation,
                 name,
-                error: source,
+                error: Box::new(source),
             },
         }
     }
@@ -312,7 +316,7 @@ impl Read for ObjectReader {
                         destination: self.label.clone(),
                         operation: "read",
                         name: self.name.clone(),
-                        error: e,
+                        error: Box::new(e),
                     }
                     .into_io());
                 }
@@ -342,15 +346,15 @@ impl ObjectWriter {
         }
         let chunk = self.buf.split().freeze();
         let w = self.inner.as_mut().expect("writer used after finish");
-        self.rt
-            .block_on(w.put(chunk))
-            .map_err(|e| StorageError::Backend {
+        self.rt.block_on(w.put(chunk)).map_err(|e| {
+            StorageError::Backend {
                 destination: self.label.clone(),
                 operation: "upload",
                 name: self.name.clone(),
-                error: e,
+                error: Box::new(e),
             }
-            .into_io())
+            .into_io()
+        })
     }
 
     /// Bytes written so far.
@@ -442,7 +446,10 @@ mod tests {
             Destination::parse("s3://x"),
             Err(StorageError::UnsupportedScheme { .. })
         ));
-        assert!(matches!(Destination::parse("/plain/path"), Err(StorageError::BadUrl { .. })));
+        assert!(matches!(
+            Destination::parse("/plain/path"),
+            Err(StorageError::BadUrl { .. })
+        ));
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub fn parse_interval(s: &str) -> Result<i64, TimeError> {
             num.push(c);
             continue;
         }
-        let unit = unit_seconds(c).ok_or_else(|| err(s, format!("unknown unit {c:?} (use s m h D W M Y)")))?;
+        let unit = unit_seconds(c)
+            .ok_or_else(|| err(s, format!("unknown unit {c:?} (use s m h D W M Y)")))?;
         if num.is_empty() {
             return Err(err(s, format!("unit {c:?} without a number")));
         }
@@ -78,7 +79,12 @@ fn local_ts(input: &str, dt: NaiveDateTime) -> Result<i64, TimeError> {
         .from_local_datetime(&dt)
         .earliest()
         .map(|t| t.timestamp())
-        .ok_or_else(|| err(input, "that local time does not exist (daylight saving change)"))
+        .ok_or_else(|| {
+            err(
+                input,
+                "that local time does not exist (daylight saving change)",
+            )
+        })
 }
 
 /// Parses a time string relative to `now` (epoch seconds) into epoch seconds.
@@ -95,7 +101,8 @@ pub fn parse_time(input: &str, now: i64) -> Result<i64, TimeError> {
     }
     if s.chars().next().is_some_and(|c| c.is_ascii_digit())
         && s.chars().last().is_some_and(|c| unit_seconds(c).is_some())
-        && s.chars().all(|c| c.is_ascii_digit() || unit_seconds(c).is_some())
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || unit_seconds(c).is_some())
     {
         return Ok(now - parse_interval(s)?);
     }
@@ -143,8 +150,14 @@ mod tests {
         assert_eq!(parse_time("now", NOW).unwrap(), NOW);
         assert_eq!(parse_time("1700000000", NOW).unwrap(), 1_700_000_000);
         assert_eq!(parse_time("20231114T221320Z", NOW).unwrap(), 1_700_000_000);
-        assert_eq!(parse_time("2023-11-14T22:13:20Z", NOW).unwrap(), 1_700_000_000);
-        assert_eq!(parse_time("2023-11-14T23:13:20+01:00", NOW).unwrap(), 1_700_000_000);
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20Z", NOW).unwrap(),
+            1_700_000_000
+        );
+        assert_eq!(
+            parse_time("2023-11-14T23:13:20+01:00", NOW).unwrap(),
+            1_700_000_000
+        );
         let local = parse_time("2026-11-20T04:17:41", NOW).unwrap();
         let date = parse_time("2026-11-20", NOW).unwrap();
         assert_eq!(local - date, 4 * 3600 + 17 * 60 + 41);

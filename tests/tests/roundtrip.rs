@@ -1,8 +1,10 @@
 //! Full + incrementals with flotilla-agent as a real process, restored at every time:
 //! the restored tree equals the source at that time, bytes and metadata.
 
-use flotilla_tests::agent::{copy_tree, AgentEnv};
-use flotilla_tests::{assert_trees_equal, deterministic_bytes, deterministic_text, is_root, TreeBuilder};
+use flotilla_tests::agent::{AgentEnv, copy_tree};
+use flotilla_tests::{
+    TreeBuilder, assert_trees_equal, deterministic_bytes, deterministic_text, is_root,
+};
 use std::path::Path;
 
 const T1: i64 = 1_700_000_000;
@@ -18,10 +20,10 @@ fn build_initial(src: &Path) {
         .file("name with spaces.txt", b"one\ntwo\n")
         .file("quote'and\\back.txt", b"q\n")
         .file(b"latin1-\xe9.txt", b"latin-1 name\n")
-        .file(b"bad-utf8-\xff\xfe.bin", &deterministic_bytes(1, 5000))
-        .file("big.bin", &deterministic_bytes(2, 3_000_000))
-        .file("exact64k.bin", &deterministic_bytes(3, 65536))
-        .file("text-2mb.txt", &deterministic_text(4, 2_100_000))
+        .file(b"bad-utf8-\xff\xfe.bin", deterministic_bytes(1, 5000))
+        .file("big.bin", deterministic_bytes(2, 3_000_000))
+        .file("exact64k.bin", deterministic_bytes(3, 65536))
+        .file("text-2mb.txt", deterministic_text(4, 2_100_000))
         .file("empty.txt", b"")
         .file_with("secret.txt", b"secret\n", 0o600, 981_173_106)
         .file("hl1", b"hard link\n")
@@ -60,9 +62,12 @@ fn change_1(src: &Path) {
     t.remove("name with spaces.txt").remove("gone");
     t.file_with("new.txt", b"new at T2\n", 0o644, 1_700_001_000);
     t.chmod("a-b", 0o640);
-    t.remove("to-become-link").symlink("to-become-link", "sub/deeper/file.txt");
-    t.remove("to-become-file").file_with("to-become-file", b"was a link\n", 0o644, 1_700_001_000);
-    t.remove("dir-to-file").file_with("dir-to-file", b"was a dir\n", 0o644, 1_700_001_000);
+    t.remove("to-become-link")
+        .symlink("to-become-link", "sub/deeper/file.txt");
+    t.remove("to-become-file")
+        .file_with("to-become-file", b"was a link\n", 0o644, 1_700_001_000);
+    t.remove("dir-to-file")
+        .file_with("dir-to-file", b"was a dir\n", 0o644, 1_700_001_000);
     t.remove("link").symlink("link", "sub/deeper/file.txt");
     t.remove("emptydir");
     t.set_mtime(".", 1_700_001_000);
@@ -76,7 +81,12 @@ fn change_2(src: &Path) {
     text.splice(10..10, b"inserted near the start\n".iter().copied());
     text.extend_from_slice(&deterministic_text(5, 300_000));
     t.file_with("text-2mb.txt", &text, 0o644, 1_700_005_000);
-    t.file_with("exact64k.bin", &deterministic_bytes(6, 131_072), 0o644, 1_700_005_000);
+    t.file_with(
+        "exact64k.bin",
+        deterministic_bytes(6, 131_072),
+        0o644,
+        1_700_005_000,
+    );
     t.dir_with("newdir", 0o700, 1_700_005_000);
     t.file_with("newdir/f", b"f\n", 0o444, 1_700_005_000);
     t.set_mtime("newdir", 1_700_005_000);
@@ -96,7 +106,9 @@ fn full_and_incrementals_restore_at_every_time() {
     out.assert_success().assert_output_contains("Full backup");
     copy_tree(&src, &env.path("exp1"));
     assert!(
-        env.objects_matching("duplicity-full.20231114T221320Z.vol").len() >= 4,
+        env.objects_matching("duplicity-full.20231114T221320Z.vol")
+            .len()
+            >= 4,
         "a 1 MiB volsize spreads ~5 MB over several volumes: {:?}",
         env.objects()
     );
@@ -107,7 +119,8 @@ fn full_and_incrementals_restore_at_every_time() {
         .assert_output_contains("Incremental backup");
     copy_tree(&src, &env.path("exp2"));
     change_2(&src);
-    env.backup(&src, &["--volsize", "1", "--current-time", &t3]).assert_success();
+    env.backup(&src, &["--volsize", "1", "--current-time", &t3])
+        .assert_success();
     copy_tree(&src, &env.path("exp3"));
 
     for (t, exp) in [(&t1, "exp1"), (&t2, "exp2"), (&t3, "exp3")] {
@@ -133,7 +146,8 @@ fn full_and_incrementals_restore_at_every_time() {
     text[0] ^= 1;
     std::fs::write(src.join("a.txt"), text).unwrap();
     let v = env.cmd().arg("verify").arg(env.url()).arg(&src).run();
-    v.assert_code(1).assert_output_contains("a.txt: data differs at byte 0");
+    v.assert_code(1)
+        .assert_output_contains("a.txt: data differs at byte 0");
 }
 
 #[test]
@@ -142,29 +156,40 @@ fn single_file_and_subtree_at_an_earlier_time() {
     let src = env.path("src");
     std::fs::create_dir(&src).unwrap();
     build_initial(&src);
-    env.backup(&src, &["--current-time", &T1.to_string()]).assert_success();
+    env.backup(&src, &["--current-time", &T1.to_string()])
+        .assert_success();
     copy_tree(&src, &env.path("exp1"));
     change_1(&src);
-    env.backup(&src, &["--current-time", &T2.to_string()]).assert_success();
+    env.backup(&src, &["--current-time", &T2.to_string()])
+        .assert_success();
 
     // one file, as it was at T1 (it changed at T2)
     let f = env.path("a-at-t1.txt");
-    env.restore(&f, &["--time", &T1.to_string(), "--path", "a.txt"]).assert_success();
+    env.restore(&f, &["--time", &T1.to_string(), "--path", "a.txt"])
+        .assert_success();
     assert_eq!(std::fs::read(&f).unwrap(), b"alpha\n");
     let md = std::fs::metadata(&f).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::mtime(&md), 1_690_000_000);
 
     // a big multi-volume file at T1 and T2
     let b1 = env.path("big-t1");
-    env.restore(&b1, &["-t", &T1.to_string(), "--path", "big.bin"]).assert_success();
-    assert_eq!(std::fs::read(&b1).unwrap(), std::fs::read(env.path("exp1/big.bin")).unwrap());
+    env.restore(&b1, &["-t", &T1.to_string(), "--path", "big.bin"])
+        .assert_success();
+    assert_eq!(
+        std::fs::read(&b1).unwrap(),
+        std::fs::read(env.path("exp1/big.bin")).unwrap()
+    );
     let b2 = env.path("big-t2");
     env.restore(&b2, &["--path", "big.bin"]).assert_success();
-    assert_eq!(std::fs::read(&b2).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
+    assert_eq!(
+        std::fs::read(&b2).unwrap(),
+        std::fs::read(src.join("big.bin")).unwrap()
+    );
 
     // a subtree that was deleted at T2, restored as of T1
     let g = env.path("gone-t1");
-    env.restore(&g, &["--time", &T1.to_string(), "--path", "gone"]).assert_success();
+    env.restore(&g, &["--time", &T1.to_string(), "--path", "gone"])
+        .assert_success();
     assert_trees_equal(&env.path("exp1/gone"), &g);
 
     // into an existing empty directory, a file lands inside it
@@ -185,10 +210,14 @@ fn single_file_and_subtree_at_an_earlier_time() {
 fn refuses_non_empty_target_unless_forced() {
     let env = AgentEnv::new();
     let src = env.path("src");
-    TreeBuilder::new(&src).file("f", b"backed up\n").file("g", b"g\n");
+    TreeBuilder::new(&src)
+        .file("f", b"backed up\n")
+        .file("g", b"g\n");
     env.backup(&src, &[]).assert_success();
     let target = env.path("target");
-    TreeBuilder::new(&target).file("f", b"local edit\n").file("keep", b"mine\n");
+    TreeBuilder::new(&target)
+        .file("f", b"local edit\n")
+        .file("keep", b"mine\n");
     env.restore(&target, &[])
         .assert_failure()
         .assert_output_contains("not empty");
@@ -196,9 +225,12 @@ fn refuses_non_empty_target_unless_forced() {
     env.restore(&target, &["--force"]).assert_success();
     assert_eq!(std::fs::read(target.join("f")).unwrap(), b"backed up\n");
     assert_eq!(std::fs::read(target.join("keep")).unwrap(), b"mine\n");
-    assert!(!std::fs::read_dir(&target)
-        .unwrap()
-        .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".flotilla")));
+    assert!(!std::fs::read_dir(&target).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".flotilla")
+    }));
 }
 
 #[test]
@@ -210,11 +242,28 @@ fn excludes_and_includes_in_order() {
         .file("www/cache/blob", b"cache")
         .file("www/html/x.tmp", b"tmp")
         .file("etc/conf", b"c");
-    env.backup(&src, &["--exclude", "www/cache", "--exclude", "**/*.tmp", "--include", "www", "--exclude", "**"])
-        .assert_success();
+    env.backup(
+        &src,
+        &[
+            "--exclude",
+            "www/cache",
+            "--exclude",
+            "**/*.tmp",
+            "--include",
+            "www",
+            "--exclude",
+            "**",
+        ],
+    )
+    .assert_success();
     let ls = env.cmd().args(["ls", "--json"]).arg(env.url()).run_ok();
     let v: serde_json::Value = serde_json::from_str(&ls.stdout_str()).unwrap();
-    let paths: Vec<&str> = v.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
     assert_eq!(paths, vec![".", "www", "www/html", "www/html/index.html"]);
 }
 
@@ -223,10 +272,13 @@ fn no_change_incremental_and_unencrypted_mode() {
     let mut env = AgentEnv::new();
     env.passphrase = None;
     let src = env.path("src");
-    TreeBuilder::new(&src).file("x", &deterministic_bytes(7, 200_000)).file("y", b"y");
+    TreeBuilder::new(&src)
+        .file("x", deterministic_bytes(7, 200_000))
+        .file("y", b"y");
     env.backup(&src, &["--no-encryption"]).assert_success();
     let out = env.backup(&src, &["--no-encryption"]);
-    out.assert_success().assert_output_contains("DeltaEntries 0");
+    out.assert_success()
+        .assert_output_contains("DeltaEntries 0");
     assert!(env.objects().iter().all(|n| !n.ends_with(".gpg")));
     assert!(env.objects().iter().any(|n| n.ends_with(".difftar.gz")));
     let t = env.path("r");
@@ -244,7 +296,8 @@ fn full_if_older_than_starts_a_new_chain() {
     let src = env.path("src");
     TreeBuilder::new(&src).file("x", b"x");
     let now = flotilla_tests::agent::now();
-    env.backup(&src, &["--current-time", &(now - 10 * 86400).to_string()]).assert_success();
+    env.backup(&src, &["--current-time", &(now - 10 * 86400).to_string()])
+        .assert_success();
     env.backup(&src, &["--full-if-older-than", "30D"])
         .assert_success()
         .assert_output_contains("Incremental backup");

@@ -1,23 +1,25 @@
 //! `flotilla-agent`: the Flotilla agent. Standalone subcommands work without a
 //! coordinator and read and write duplicity 0.8.22-compatible archives.
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use flotilla_client::engine::backup::{BackupMode, BackupOptions};
 use flotilla_client::engine::codec::Codec;
 use flotilla_client::engine::progress::{NoProgress, Progress, SharedProgress};
 use flotilla_client::engine::restore::RestoreOptions;
 use flotilla_client::engine::select::Rule;
-use flotilla_client::engine::{self, cache::default_state_dir, Context, EngineError};
-use flotilla_common::archive::{format_time, Index};
-use flotilla_common::crypto::{Compression, DecryptionKeys, EncryptionSpec, Passphrase, PublicKey, SecretKey};
+use flotilla_client::engine::{self, Context, EngineError, cache::default_state_dir};
+use flotilla_common::archive::{Index, format_time};
+use flotilla_common::crypto::{
+    Compression, DecryptionKeys, EncryptionSpec, Passphrase, PublicKey, SecretKey,
+};
 use flotilla_common::storage::open_blocking;
 use flotilla_common::timespec::{parse_interval, parse_time};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const AFTER_HELP: &str = "\
 Encryption: by default objects are OpenPGP-encrypted. Give --encrypt-key FILE (public keys,
@@ -203,12 +205,15 @@ fn decryption_keys(args: &DecryptArgs) -> Result<DecryptionKeys> {
     let mut keys = DecryptionKeys::default();
     for f in &args.decrypt_keys {
         keys.secret_keys.push(
-            SecretKey::from_file(f, pass.clone()).with_context(|| format!("--decrypt-key {}", f.display()))?,
+            SecretKey::from_file(f, pass.clone())
+                .with_context(|| format!("--decrypt-key {}", f.display()))?,
         );
     }
     for f in &args.require_signature {
-        keys.expected_signers
-            .push(PublicKey::from_file(f).with_context(|| format!("--require-signature {}", f.display()))?);
+        keys.expected_signers.push(
+            PublicKey::from_file(f)
+                .with_context(|| format!("--require-signature {}", f.display()))?,
+        );
     }
     if let Some(p) = pass {
         keys.passphrases.push(p);
@@ -239,7 +244,7 @@ impl Progress for Bar {
     }
     fn file(&self) {
         let f = self.files.fetch_add(1, Ordering::Relaxed) + 1;
-        if f % 64 == 0 {
+        if f.is_multiple_of(64) {
             let total = self.total_files.load(Ordering::Relaxed);
             self.bar.set_message(if total > 0 {
                 format!("{f}/{total} files")
@@ -384,7 +389,9 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
             current_time,
             ..
         } => {
-            let sub = matches.subcommand_matches("backup").expect("backup matches");
+            let sub = matches
+                .subcommand_matches("backup")
+                .expect("backup matches");
             let compression = match *compress_level {
                 0 => Compression::None,
                 level => Compression::Zip { level },
@@ -393,14 +400,21 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                 if !encrypt_keys.is_empty() || sign_key.is_some() {
                     bail!("--no-encryption cannot be combined with --encrypt-key or --sign-key");
                 }
-                Codec::Gzip { level: *compress_level }
+                Codec::Gzip {
+                    level: *compress_level,
+                }
             } else {
                 let mut recipients = Vec::new();
                 for f in encrypt_keys {
-                    let k = PublicKey::from_file(f).with_context(|| format!("--encrypt-key {}", f.display()))?;
+                    let k = PublicKey::from_file(f)
+                        .with_context(|| format!("--encrypt-key {}", f.display()))?;
                     recipients.push(k);
                 }
-                let pass = if recipients.is_empty() { passphrase() } else { None };
+                let pass = if recipients.is_empty() {
+                    passphrase()
+                } else {
+                    None
+                };
                 if recipients.is_empty() && pass.is_none() {
                     bail!(
                         "no encryption configured: set FLOTILLA_PASSPHRASE (or PASSPHRASE), give \
@@ -409,8 +423,11 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                 }
                 let signer = match sign_key {
                     Some(f) => Some(
-                        SecretKey::from_file(f, env_secret(&["FLOTILLA_SIGN_PASSPHRASE", "SIGN_PASSPHRASE"]))
-                            .with_context(|| format!("--sign-key {}", f.display()))?,
+                        SecretKey::from_file(
+                            f,
+                            env_secret(&["FLOTILLA_SIGN_PASSPHRASE", "SIGN_PASSPHRASE"]),
+                        )
+                        .with_context(|| format!("--sign-key {}", f.display()))?,
                     ),
                     None => None,
                 };
@@ -420,7 +437,9 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                     signer,
                     compression,
                     compression_threads: threads.unwrap_or_else(|| {
-                        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+                        std::thread::available_parallelism()
+                            .map(|n| n.get())
+                            .unwrap_or(2)
                     }),
                 })
             };
@@ -428,12 +447,19 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
             if let Ok(p) = std::fs::canonicalize(&state_dir) {
                 skip.push(p);
             }
-            if let Some(p) = url.strip_prefix("file://").and_then(|p| std::fs::canonicalize(p).ok()) {
+            if let Some(p) = url
+                .strip_prefix("file://")
+                .and_then(|p| std::fs::canonicalize(p).ok())
+            {
                 skip.push(p);
             }
             let opts = BackupOptions {
                 source: src.clone(),
-                mode: if *full { BackupMode::Full } else { BackupMode::Auto },
+                mode: if *full {
+                    BackupMode::Full
+                } else {
+                    BackupMode::Auto
+                },
                 full_if_older_than: full_if_older_than
                     .as_deref()
                     .map(parse_interval)
@@ -460,7 +486,11 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                 }
                 eprintln!(
                     "{} backup {} complete: {} volume(s), {} objects.",
-                    if report.kind == "full" { "Full" } else { "Incremental" },
+                    if report.kind == "full" {
+                        "Full"
+                    } else {
+                        "Incremental"
+                    },
                     format_time(report.set_time),
                     report.volumes,
                     report.objects.len()
@@ -541,7 +571,8 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
             ..
         } => {
             let keys = decryption_keys(decrypt)?;
-            let report = engine::verify::verify(&ctx, time_arg(time)?, &path_arg(path)?, src, &keys)?;
+            let report =
+                engine::verify::verify(&ctx, time_arg(time)?, &path_arg(path)?, src, &keys)?;
             if cli.json {
                 print_json(&report)?;
             } else {
@@ -584,7 +615,11 @@ fn report_retention(cli: &Cli, plan: &engine::retention::RetentionPlan) -> Resul
         println!("Nothing to delete ({} chain(s) kept).", plan.kept_chains);
         return Ok(0);
     }
-    let verb = if plan.deleted { "Deleted" } else { "Would delete" };
+    let verb = if plan.deleted {
+        "Deleted"
+    } else {
+        "Would delete"
+    };
     for s in &plan.sets {
         println!("{verb} set: {s}");
     }

@@ -6,6 +6,7 @@
 //! [`super::volumes`]); the signature file is built in the local cache and uploaded after
 //! the volumes; the manifest is uploaded last, which is what makes the set complete.
 
+use super::Context;
 use super::cache::ArchiveCache;
 use super::codec::{Codec, StoredInfo};
 use super::error::{EngineError, Result};
@@ -14,9 +15,8 @@ use super::select::{Rule, Selection};
 use super::sigstate::{SigEntry, SignatureState};
 use super::volumes::VolumeWriter;
 use super::walk::{SourceEntry, Walker};
-use super::Context;
 use flotilla_common::archive::entry::{EntryKind, EntryName};
-use flotilla_common::archive::manifest::{format_filelist_line, Change, Manifest};
+use flotilla_common::archive::manifest::{Change, Manifest, format_filelist_line};
 use flotilla_common::archive::names::{ObjectKind, SetTimes};
 use flotilla_common::archive::rsync::{BasisSignature, DeltaWriter, SignatureBuilder};
 use flotilla_common::archive::tarfmt::{TarHeader, TarWriter};
@@ -135,7 +135,13 @@ struct PieceWriter<'a> {
 }
 
 impl<'a> PieceWriter<'a> {
-    fn new(vol: &'a mut VolumeWriter, kind: EntryKind, index: &'a Index, meta: &FileMeta, buf: Vec<u8>) -> Self {
+    fn new(
+        vol: &'a mut VolumeWriter,
+        kind: EntryKind,
+        index: &'a Index,
+        meta: &FileMeta,
+        buf: Vec<u8>,
+    ) -> Self {
         let mut cur = buf;
         cur.clear();
         PieceWriter {
@@ -154,8 +160,12 @@ impl<'a> PieceWriter<'a> {
         let k = self.emitted;
         self.header.name = EntryName::volume_name(self.kind, self.index, None, Some(k));
         self.header.size = self.cur.len() as u64;
-        self.vol
-            .append(&self.header, &self.cur, self.index, if last { None } else { Some(k) })?;
+        self.vol.append(
+            &self.header,
+            &self.cur,
+            self.index,
+            if last { None } else { Some(k) },
+        )?;
         self.cur.clear();
         Ok(())
     }
@@ -243,7 +253,13 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn sig_entry(&mut self, kind: EntryKind, index: &Index, meta: Option<&FileMeta>, data: &[u8]) -> Result<()> {
+    fn sig_entry(
+        &mut self,
+        kind: EntryKind,
+        index: &Index,
+        meta: Option<&FileMeta>,
+        data: &[u8],
+    ) -> Result<()> {
         let header = match meta {
             Some(m) => m.to_header(EntryName::sigtar_name(kind, index, Some(m.kind))),
             None => deleted_header(EntryName::sigtar_name(kind, index, None)),
@@ -262,7 +278,10 @@ impl Run<'_> {
             Ok(f) => match f.metadata() {
                 Ok(md) if md.is_file() => Ok(f),
                 _ => {
-                    self.warn(format!("{}: changed type while being backed up; skipped", src.path.display()));
+                    self.warn(format!(
+                        "{}: changed type while being backed up; skipped",
+                        src.path.display()
+                    ));
                     self.stats.errors += 1;
                     Err(Stored::Skipped)
                 }
@@ -283,7 +302,11 @@ impl Run<'_> {
             Err(s) => return Ok(s),
         };
         let mut sig = SignatureBuilder::for_size(src.size);
-        let kind = if basis.is_some() { EntryKind::Diff } else { EntryKind::Snapshot };
+        let kind = if basis.is_some() {
+            EntryKind::Diff
+        } else {
+            EntryKind::Snapshot
+        };
         let piece_buf = std::mem::take(&mut self.piece_buf);
         let mut pieces = PieceWriter::new(&mut self.vol, kind, &src.index, &src.meta, piece_buf);
         let mut read_error = None;
@@ -312,9 +335,9 @@ impl Run<'_> {
                         Ok(0) => break,
                         Ok(n) => {
                             sig.update(&self.delta_buf[..n]);
-                            delta
-                                .chunk(&self.delta_buf[..n])
-                                .map_err(|e| EngineError::from((src.path.display().to_string(), e)))?;
+                            delta.chunk(&self.delta_buf[..n]).map_err(|e| {
+                                EngineError::from((src.path.display().to_string(), e))
+                            })?;
                             len += n as u64;
                             self.progress.bytes(n as u64);
                         }
@@ -350,7 +373,12 @@ impl Run<'_> {
         if src.meta.kind == FileKind::Regular {
             match self.store_file(src, None)? {
                 Stored::Done { signature, len, .. } => {
-                    self.sig_entry(EntryKind::Signature, &src.index, Some(&src.meta), &signature)?;
+                    self.sig_entry(
+                        EntryKind::Signature,
+                        &src.index,
+                        Some(&src.meta),
+                        &signature,
+                    )?;
                     self.filelist(change, &src.index)?;
                     self.stats.raw_delta_size += len;
                     self.stats.delta_entries += 1;
@@ -359,8 +387,10 @@ impl Run<'_> {
                 Stored::Skipped | Stored::Vanished => Ok(false),
             }
         } else {
-            let name = EntryName::volume_name(EntryKind::Snapshot, &src.index, Some(src.meta.kind), None);
-            self.vol.append(&src.meta.to_header(name), &[], &src.index, None)?;
+            let name =
+                EntryName::volume_name(EntryKind::Snapshot, &src.index, Some(src.meta.kind), None);
+            self.vol
+                .append(&src.meta.to_header(name), &[], &src.index, None)?;
             self.sig_entry(EntryKind::Snapshot, &src.index, Some(&src.meta), &[])?;
             self.stats.delta_entries += 1;
             Ok(true)
@@ -369,7 +399,8 @@ impl Run<'_> {
 
     fn deleted_path(&mut self, old: &SigEntry) -> Result<()> {
         let name = EntryName::volume_name(EntryKind::Deleted, &old.index, None, None);
-        self.vol.append(&deleted_header(name), &[], &old.index, None)?;
+        self.vol
+            .append(&deleted_header(name), &[], &old.index, None)?;
         self.sig_entry(EntryKind::Deleted, &old.index, None, &[])?;
         if old.meta.kind == FileKind::Regular {
             self.filelist(Change::Deleted, &old.index)?;
@@ -390,7 +421,12 @@ impl Run<'_> {
         if let Some(basis) = basis {
             match self.store_file(src, Some(&basis))? {
                 Stored::Done { signature, len } => {
-                    self.sig_entry(EntryKind::Signature, &src.index, Some(&src.meta), &signature)?;
+                    self.sig_entry(
+                        EntryKind::Signature,
+                        &src.index,
+                        Some(&src.meta),
+                        &signature,
+                    )?;
                     self.filelist(Change::Changed, &src.index)?;
                     self.stats.changed_files += 1;
                     self.stats.changed_file_size += src.size;
@@ -437,7 +473,10 @@ fn canonical_localdir(p: &std::path::Path) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     let s = p.as_os_str().as_bytes();
     let abs = s.starts_with(b"/");
-    let parts: Vec<&[u8]> = s.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+    let parts: Vec<&[u8]> = s
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
     let mut out = Vec::new();
     if abs {
         out.push(b'/');
@@ -452,11 +491,16 @@ fn canonical_localdir(p: &std::path::Path) -> Vec<u8> {
 /// Runs one backup of `opts.source` into the context's store.
 pub fn backup(ctx: &Context, opts: &BackupOptions) -> Result<BackupReport> {
     let start = now_f64();
-    let source = std::fs::canonicalize(&opts.source).map_err(|e| EngineError::io(&opts.source, e))?;
+    let source =
+        std::fs::canonicalize(&opts.source).map_err(|e| EngineError::io(&opts.source, e))?;
     if !source.is_dir() {
-        return Err(EngineError::Usage(format!("source {} is not a directory", source.display())));
+        return Err(EngineError::Usage(format!(
+            "source {} is not a directory",
+            source.display()
+        )));
     }
-    let selection = Selection::new(&opts.selection, &source).map_err(|e| EngineError::Usage(e.to_string()))?;
+    let selection =
+        Selection::new(&opts.selection, &source).map_err(|e| EngineError::Usage(e.to_string()))?;
     let cache = ArchiveCache::open(&ctx.state_dir, ctx.store.label())?;
     let listing = ctx.store.list()?;
     let coll = Collection::from_listing(listing.iter().map(|o| (o.name.clone(), o.size)));
@@ -603,10 +647,18 @@ pub fn backup(ctx: &Context, opts: &BackupOptions) -> Result<BackupReport> {
         .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
         .map_err(|e| EngineError::io(&sig_part, e))?;
     drop(sig_file);
-    let mut filelist_file = filelist.into_inner().map_err(|e| EngineError::io(&filelist_path, e.into_error()))?;
+    let mut filelist_file = filelist
+        .into_inner()
+        .map_err(|e| EngineError::io(&filelist_path, e.into_error()))?;
 
     // Signature file, then the manifest: the set is complete once the manifest exists.
-    let sig_stored = upload_file(ctx, &opts.codec, ObjectKind::Signatures, &sig_name, &sig_part)?;
+    let sig_stored = upload_file(
+        ctx,
+        &opts.codec,
+        ObjectKind::Signatures,
+        &sig_name,
+        &sig_part,
+    )?;
     objects.push(sig_name);
     let manifest = Manifest {
         hostname: Some(opts.hostname.clone().unwrap_or_else(hostname).into_bytes()),
@@ -629,8 +681,10 @@ pub fn backup(ctx: &Context, opts: &BackupOptions) -> Result<BackupReport> {
     let man_stored = upload_file(ctx, &opts.codec, ObjectKind::Manifest, &man_name, &man_part)?;
     objects.push(man_name);
     // The local cache mirrors the store only now that the set is complete.
-    std::fs::rename(&sig_part, cache.sigtar_path(set)).map_err(|e| EngineError::io(&sig_part, e))?;
-    std::fs::rename(&man_part, cache.manifest_path(set)).map_err(|e| EngineError::io(&man_part, e))?;
+    std::fs::rename(&sig_part, cache.sigtar_path(set))
+        .map_err(|e| EngineError::io(&sig_part, e))?;
+    std::fs::rename(&man_part, cache.manifest_path(set))
+        .map_err(|e| EngineError::io(&man_part, e))?;
 
     stats.end_time = now_f64();
     stats.total_destination_size_change = vol_bytes + sig_stored.bytes + man_stored.bytes;
@@ -650,14 +704,25 @@ pub fn backup(ctx: &Context, opts: &BackupOptions) -> Result<BackupReport> {
     })
 }
 
-fn upload_file(ctx: &Context, codec: &Codec, kind: ObjectKind, name: &str, path: &std::path::Path) -> Result<StoredInfo> {
+fn upload_file(
+    ctx: &Context,
+    codec: &Codec,
+    kind: ObjectKind,
+    name: &str,
+    path: &std::path::Path,
+) -> Result<StoredInfo> {
     let mut f = File::open(path).map_err(|e| EngineError::io(path, e))?;
     let mut w = codec.writer(kind, ctx.store.put_writer(name))?;
     io::copy(&mut f, &mut w).map_err(|e| EngineError::from_object_io(name, e))?;
     w.finish().map_err(|e| EngineError::from_object_io(name, e))
 }
 
-fn walk_and_store(run: &mut Run, walker: &mut Walker, mut old: SignatureState, ctx: &Context) -> Result<()> {
+fn walk_and_store(
+    run: &mut Run,
+    walker: &mut Walker,
+    mut old: SignatureState,
+    ctx: &Context,
+) -> Result<()> {
     let mut walker = walker.by_ref().peekable();
     loop {
         let order = match (walker.peek(), old.peek()?) {
@@ -720,7 +785,11 @@ impl BackupStats {
         }
         fn t(x: f64) -> String {
             let dt = chrono::DateTime::from_timestamp(x as i64, 0)
-                .map(|d| d.with_timezone(&chrono::Local).format("%a %b %e %H:%M:%S %Y").to_string())
+                .map(|d| {
+                    d.with_timezone(&chrono::Local)
+                        .format("%a %b %e %H:%M:%S %Y")
+                        .to_string()
+                })
                 .unwrap_or_default();
             format!("{x:.2} ({dt})")
         }
@@ -729,18 +798,29 @@ impl BackupStats {
         s.push_str("--------------[ Backup Statistics ]--------------\n");
         s.push_str(&format!("StartTime {}\n", t(self.start_time)));
         s.push_str(&format!("EndTime {}\n", t(self.end_time)));
-        s.push_str(&format!("ElapsedTime {elapsed:.2} ({elapsed:.2} seconds)\n"));
+        s.push_str(&format!(
+            "ElapsedTime {elapsed:.2} ({elapsed:.2} seconds)\n"
+        ));
         s.push_str(&format!("SourceFiles {}\n", self.source_files));
         s.push_str(&format!("SourceFileSize {}\n", size(self.source_file_size)));
         s.push_str(&format!("NewFiles {}\n", self.new_files));
         s.push_str(&format!("NewFileSize {}\n", size(self.new_file_size)));
         s.push_str(&format!("DeletedFiles {}\n", self.deleted_files));
         s.push_str(&format!("ChangedFiles {}\n", self.changed_files));
-        s.push_str(&format!("ChangedFileSize {}\n", size(self.changed_file_size)));
-        s.push_str(&format!("ChangedDeltaSize {}\n", size(self.changed_delta_size)));
+        s.push_str(&format!(
+            "ChangedFileSize {}\n",
+            size(self.changed_file_size)
+        ));
+        s.push_str(&format!(
+            "ChangedDeltaSize {}\n",
+            size(self.changed_delta_size)
+        ));
         s.push_str(&format!("DeltaEntries {}\n", self.delta_entries));
         s.push_str(&format!("RawDeltaSize {}\n", size(self.raw_delta_size)));
-        s.push_str(&format!("TotalDestinationSizeChange {}\n", size(self.total_destination_size_change)));
+        s.push_str(&format!(
+            "TotalDestinationSizeChange {}\n",
+            size(self.total_destination_size_change)
+        ));
         s.push_str(&format!("Errors {}\n", self.errors));
         s.push_str("-------------------------------------------------\n");
         s
@@ -753,7 +833,10 @@ mod tests {
 
     #[test]
     fn localdir_is_canonicalised() {
-        assert_eq!(canonical_localdir(std::path::Path::new("/srv//data/./")), b"/srv/data");
+        assert_eq!(
+            canonical_localdir(std::path::Path::new("/srv//data/./")),
+            b"/srv/data"
+        );
         assert_eq!(canonical_localdir(std::path::Path::new("dt")), b"dt");
         assert_eq!(canonical_localdir(std::path::Path::new("./")), b".");
     }

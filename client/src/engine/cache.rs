@@ -86,7 +86,9 @@ impl ArchiveCache {
                 keep.insert(plain_name(s.times, ObjectKind::Manifest));
             }
         }
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if ObjectName::parse(&name).is_some() && !keep.contains(&name) {

@@ -2,8 +2,8 @@
 //! plain, and the SHA-1 over the stored bytes that manifests record.
 
 use super::error::{EngineError, Result};
-use flotilla_common::archive::names::{ObjectKind, ObjectName, SetTimes};
 use flotilla_common::archive::StoredObject;
+use flotilla_common::archive::names::{ObjectKind, ObjectName, SetTimes};
 use flotilla_common::crypto::{self, DecryptionKeys, EncryptionSpec, MessageWriter};
 use flotilla_common::storage::{BlockingStore, ObjectWriter};
 use sha1::{Digest, Sha1};
@@ -42,10 +42,10 @@ impl Codec {
                     error: e,
                 }
             })?)),
-            Codec::Gzip { level } if kind != ObjectKind::Manifest => Inner::Gzip(
+            Codec::Gzip { level } if kind != ObjectKind::Manifest => Inner::Gzip(Box::new(
                 flate2::write::GzEncoder::new(hashed, flate2::Compression::new(*level)),
-            ),
-            Codec::Gzip { .. } => Inner::Plain(hashed),
+            )),
+            Codec::Gzip { .. } => Inner::Plain(Box::new(hashed)),
         };
         Ok(EncodedWriter { inner })
     }
@@ -72,8 +72,8 @@ impl Write for Sha1Writer {
 
 enum Inner {
     Pgp(Box<MessageWriter<Sha1Writer>>),
-    Gzip(flate2::write::GzEncoder<Sha1Writer>),
-    Plain(Sha1Writer),
+    Gzip(Box<flate2::write::GzEncoder<Sha1Writer>>),
+    Plain(Box<Sha1Writer>),
 }
 
 /// An object being written; see [`Codec::writer`].
@@ -93,8 +93,8 @@ impl EncodedWriter {
     pub fn finish(self) -> io::Result<StoredInfo> {
         let hashed = match self.inner {
             Inner::Pgp(w) => w.finish().map_err(|e| e.into_io())?,
-            Inner::Gzip(w) => w.finish()?,
-            Inner::Plain(w) => w,
+            Inner::Gzip(w) => (*w).finish()?,
+            Inner::Plain(w) => *w,
         };
         let sha1 = hex(&hashed.hasher.finalize());
         let bytes = hashed.bytes;
@@ -191,7 +191,11 @@ pub fn open_object(
 }
 
 /// Reads a whole (small) object and decodes it.
-pub fn read_object(store: &BlockingStore, obj: &StoredObject, keys: &DecryptionKeys) -> Result<Vec<u8>> {
+pub fn read_object(
+    store: &BlockingStore,
+    obj: &StoredObject,
+    keys: &DecryptionKeys,
+) -> Result<Vec<u8>> {
     let (mut r, _) = open_object(store, obj, keys)?;
     let mut out = Vec::new();
     r.read_to_end(&mut out)

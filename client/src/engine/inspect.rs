@@ -2,12 +2,12 @@
 //! the listing alone, no key needed) and `ls` (like `list-current-files`, from the
 //! chain's signature files).
 
+use super::Context;
 use super::cache::ArchiveCache;
 use super::codec::open_object;
 use super::error::{EngineError, Result};
 use super::sigstate::SignatureState;
-use super::Context;
-use flotilla_common::archive::{format_time, BackupSet, Collection, FileKind};
+use flotilla_common::archive::{BackupSet, Collection, FileKind, format_time};
 use flotilla_common::crypto::DecryptionKeys;
 use serde::Serialize;
 use std::io::Read;
@@ -43,8 +43,16 @@ pub struct Status {
 
 fn summarize(s: &BackupSet) -> SetSummary {
     SetSummary {
-        kind: if s.times.is_full() { "full" } else { "incremental" },
-        start: if s.times.is_full() { None } else { Some(s.times.start()) },
+        kind: if s.times.is_full() {
+            "full"
+        } else {
+            "incremental"
+        },
+        start: if s.times.is_full() {
+            None
+        } else {
+            Some(s.times.start())
+        },
         time: s.times.end(),
         volumes: s.volumes.len(),
         bytes: s.stored_bytes(),
@@ -77,7 +85,11 @@ pub fn status(ctx: &Context) -> Result<Status> {
 
 fn human_time(t: i64) -> String {
     chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.with_timezone(&chrono::Local).format("%a %b %e %H:%M:%S %Y").to_string())
+        .map(|d| {
+            d.with_timezone(&chrono::Local)
+                .format("%a %b %e %H:%M:%S %Y")
+                .to_string()
+        })
         .unwrap_or_else(|| t.to_string())
 }
 
@@ -98,7 +110,10 @@ impl Status {
             out.push_str("-------------------------\n");
             out.push_str(&format!("Chain start time: {}\n", human_time(c.start)));
             out.push_str(&format!("Chain end time: {}\n", human_time(c.end)));
-            out.push_str(&format!("Number of contained backup sets: {}\n", c.sets.len()));
+            out.push_str(&format!(
+                "Number of contained backup sets: {}\n",
+                c.sets.len()
+            ));
             out.push_str(&format!(
                 "Total number of contained volumes: {}\n",
                 c.sets.iter().map(|s| s.volumes).sum::<usize>()
@@ -107,7 +122,11 @@ impl Status {
             for s in &c.sets {
                 out.push_str(&format!(
                     "{:>20} {:>32} {:>17} {:>12}\n",
-                    if s.kind == "full" { "Full" } else { "Incremental" },
+                    if s.kind == "full" {
+                        "Full"
+                    } else {
+                        "Incremental"
+                    },
                     human_time(s.time),
                     s.volumes,
                     s.bytes
@@ -170,7 +189,12 @@ fn kind_name(k: FileKind) -> &'static str {
 
 /// Every path of the backup at `time`, from the signature files (cached ones first, so
 /// no key is needed on the host that made the backups).
-pub fn list(ctx: &Context, time: i64, keys: &DecryptionKeys, mut each: impl FnMut(ListedPath)) -> Result<i64> {
+pub fn list(
+    ctx: &Context,
+    time: i64,
+    keys: &DecryptionKeys,
+    mut each: impl FnMut(ListedPath),
+) -> Result<i64> {
     let listing = ctx.store.list()?;
     let coll = Collection::from_listing(listing.iter().map(|o| (o.name.clone(), o.size)));
     let chain = coll.chain_for_time(time)?;
@@ -178,14 +202,23 @@ pub fn list(ctx: &Context, time: i64, keys: &DecryptionKeys, mut each: impl FnMu
     let cache = ArchiveCache::open(&ctx.state_dir, ctx.store.label()).ok();
     let mut sources: Vec<(String, Box<dyn Read + Send>)> = Vec::new();
     for s in &sets {
-        let cached = cache.as_ref().map(|c| c.sigtar_path(s.times)).filter(|p| p.exists());
+        let cached = cache
+            .as_ref()
+            .map(|c| c.sigtar_path(s.times))
+            .filter(|p| p.exists());
         if let Some(p) = cached {
             let f = std::fs::File::open(&p).map_err(|e| EngineError::io(&p, e))?;
-            sources.push((p.display().to_string(), Box::new(std::io::BufReader::new(f))));
+            sources.push((
+                p.display().to_string(),
+                Box::new(std::io::BufReader::new(f)),
+            ));
             continue;
         }
         let obj = s.signatures.as_ref().ok_or_else(|| {
-            EngineError::NoBackup(format!("the {} set has no signature file to list from", s.times))
+            EngineError::NoBackup(format!(
+                "the {} set has no signature file to list from",
+                s.times
+            ))
         })?;
         let (r, _) = open_object(&ctx.store, obj, keys)?;
         sources.push((obj.name.clone(), r));

@@ -55,7 +55,15 @@ fn lookup_uid(name: &[u8]) -> Option<u64> {
     let mut buf = vec![0 as libc::c_char; buf_len()];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: as above.
-    let rc = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
     (rc == 0 && !result.is_null()).then(|| u64::from(pwd.pw_uid))
 }
 
@@ -65,7 +73,15 @@ fn lookup_gid(name: &[u8]) -> Option<u64> {
     let mut buf = vec![0 as libc::c_char; buf_len()];
     let mut result: *mut libc::group = std::ptr::null_mut();
     // SAFETY: as above.
-    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
     (rc == 0 && !result.is_null()).then(|| u64::from(grp.gr_gid))
 }
 

@@ -1,8 +1,8 @@
 //! Progress reporting from the engine. The engine reports; the binary decides how to
 //! show it (a terminal bar, log lines, or gRPC progress messages later).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Receives progress events. Implementations must be cheap: `advance` is called per file
 /// and per chunk.

@@ -8,15 +8,17 @@
 //! first and moved into the target only after every volume checked out: a failed restore
 //! leaves the target as it was.
 
+use super::Context;
 use super::codec::open_object;
 use super::error::{EngineError, Result};
 use super::owners::Owners;
-use super::Context;
 use flotilla_common::archive::entry::{EntryKind, EntryName};
 use flotilla_common::archive::names::SetTimes;
 use flotilla_common::archive::rsync::apply_delta;
 use flotilla_common::archive::tarfmt::{self, TarHeader, TarReader};
-use flotilla_common::archive::{BackupSet, Collection, FileKind, FileMeta, Index, Manifest, StoredObject};
+use flotilla_common::archive::{
+    BackupSet, Collection, FileKind, FileMeta, Index, Manifest, StoredObject,
+};
 use flotilla_common::crypto::DecryptionKeys;
 use flotilla_common::storage::BlockingStore;
 use serde::Serialize;
@@ -26,7 +28,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{Receiver, sync_channel};
 
 const FEED_CHUNK: usize = 256 * 1024;
 /// Chunks buffered per set stream (bounded memory per set).
@@ -85,7 +87,11 @@ impl Feed {
 }
 
 /// Starts the background reader of a set's volumes.
-fn spawn_feed(store: BlockingStore, volumes: Vec<(StoredObject, Option<String>)>, keys: DecryptionKeys) -> Feed {
+fn spawn_feed(
+    store: BlockingStore,
+    volumes: Vec<(StoredObject, Option<String>)>,
+    keys: DecryptionKeys,
+) -> Feed {
     let (tx, rx) = sync_channel::<Msg>(FEED_DEPTH);
     std::thread::Builder::new()
         .name("volume-reader".into())
@@ -171,15 +177,22 @@ impl SetStream {
             let Some(tar) = self.tar.as_mut() else {
                 return Ok(None);
             };
-            match tar.next_header().map_err(|e| EngineError::from((obj.clone(), e)))? {
+            match tar
+                .next_header()
+                .map_err(|e| EngineError::from((obj.clone(), e)))?
+            {
                 Some(h) => {
                     if h.typeflag == tarfmt::TYPE_HARDLINK {
                         return Err(EngineError::corrupt(
                             obj,
-                            format!("hard link entry {:?} is not supported", String::from_utf8_lossy(&h.name)),
+                            format!(
+                                "hard link entry {:?} is not supported",
+                                String::from_utf8_lossy(&h.name)
+                            ),
                         ));
                     }
-                    let name = EntryName::parse(&h.name).map_err(|e| EngineError::from((obj.clone(), e)))?;
+                    let name = EntryName::parse(&h.name)
+                        .map_err(|e| EngineError::from((obj.clone(), e)))?;
                     if name.kind == EntryKind::Signature {
                         return Err(EngineError::corrupt(obj, "signature entry inside a volume"));
                     }
@@ -189,7 +202,8 @@ impl SetStream {
                     // Tar end: drain the rest (padding) so the hash and integrity check
                     // of this volume are complete, then go on with the next volume.
                     let mut feed = self.tar.take().expect("present").into_inner();
-                    io::copy(&mut feed, &mut io::sink()).map_err(|e| EngineError::from_object_io(&obj, e))?;
+                    io::copy(&mut feed, &mut io::sink())
+                        .map_err(|e| EngineError::from_object_io(&obj, e))?;
                     self.vol_pos += 1;
                     if self.vol_pos < self.volume_names.len() {
                         feed.next_volume();
@@ -207,7 +221,8 @@ impl SetStream {
         }
         if self.current.is_some() {
             let mut sink = io::sink();
-            io::copy(self, &mut sink).map_err(|e| EngineError::from_object_io(&self.object(), e))?;
+            io::copy(self, &mut sink)
+                .map_err(|e| EngineError::from_object_io(&self.object(), e))?;
         }
         self.current = None;
         let next = match self.peeked.take() {
@@ -285,7 +300,8 @@ pub fn plan(ctx: &Context, time: i64, keys: &DecryptionKeys) -> Result<RestorePl
     for set in chain.sets_until(time) {
         let obj = set.manifest.as_ref().expect("complete sets have manifests");
         let data = super::codec::read_object(&ctx.store, obj, keys)?;
-        let manifest = Manifest::parse(&data).map_err(|e| EngineError::from((obj.name.clone(), e)))?;
+        let manifest =
+            Manifest::parse(&data).map_err(|e| EngineError::from((obj.name.clone(), e)))?;
         for v in manifest.volumes.values() {
             if !set.volumes.contains_key(&v.number) {
                 return Err(EngineError::MissingVolume {
@@ -294,11 +310,17 @@ pub fn plan(ctx: &Context, time: i64, keys: &DecryptionKeys) -> Result<RestorePl
                 });
             }
             if v.sha1.is_none() {
-                return Err(EngineError::corrupt(&obj.name, format!("volume {} has no SHA1 hash", v.number)));
+                return Err(EngineError::corrupt(
+                    &obj.name,
+                    format!("volume {} has no SHA1 hash", v.number),
+                ));
             }
         }
         if let Some(d) = set.duplicates.first() {
-            return Err(EngineError::corrupt(d, "two objects for the same part of a set"));
+            return Err(EngineError::corrupt(
+                d,
+                "two objects for the same part of a set",
+            ));
         }
         sets.push((set.clone(), manifest));
     }
@@ -332,7 +354,13 @@ pub struct TreeStats {
 }
 
 /// Runs the merge of §3.7 for `plan`, restricted to `prefix` (re-rooted at it).
-pub fn reconstruct(ctx: &Context, plan: &RestorePlan, prefix: &Index, keys: &DecryptionKeys, sink: &mut dyn TreeSink) -> Result<TreeStats> {
+pub fn reconstruct(
+    ctx: &Context,
+    plan: &RestorePlan,
+    prefix: &Index,
+    keys: &DecryptionKeys,
+    sink: &mut dyn TreeSink,
+) -> Result<TreeStats> {
     let mut stats = TreeStats::default();
     let mut streams: Vec<SetStream> = Vec::new();
     for (set, manifest) in &plan.sets {
@@ -348,7 +376,11 @@ pub fn reconstruct(ctx: &Context, plan: &RestorePlan, prefix: &Index, keys: &Dec
         let tar = if selected.is_empty() {
             None
         } else {
-            Some(TarReader::new(spawn_feed(ctx.store.clone(), selected, keys.clone())))
+            Some(TarReader::new(spawn_feed(
+                ctx.store.clone(),
+                selected,
+                keys.clone(),
+            )))
         };
         streams.push(SetStream {
             label: set.times.to_string(),
@@ -365,10 +397,7 @@ pub fn reconstruct(ctx: &Context, plan: &RestorePlan, prefix: &Index, keys: &Dec
         heads.push(s.next_entry()?);
     }
     let mut found_prefix = prefix.is_root();
-    loop {
-        let Some(min) = heads.iter().flatten().map(|e| e.name.index.clone()).min() else {
-            break;
-        };
+    while let Some(min) = heads.iter().flatten().map(|e| e.name.index.clone()).min() {
         let holders: Vec<usize> = (0..heads.len())
             .filter(|&i| heads[i].as_ref().is_some_and(|e| e.name.index == min))
             .collect();
@@ -378,20 +407,30 @@ pub fn reconstruct(ctx: &Context, plan: &RestorePlan, prefix: &Index, keys: &Dec
                 .rposition(|&i| heads[i].as_ref().expect("holder").name.kind != EntryKind::Diff);
             match base {
                 None => {
-                    tracing::warn!("{min}: delta without a full copy before it in the chain; skipped");
+                    tracing::warn!(
+                        "{min}: delta without a full copy before it in the chain; skipped"
+                    );
                 }
                 Some(b) => {
                     let base_i = holders[b];
                     let base_entry = heads[base_i].clone().expect("holder");
                     if base_entry.name.kind != EntryKind::Deleted {
                         found_prefix = true;
-                        let last = heads[*holders.last().expect("nonempty")].clone().expect("holder");
+                        let last = heads[*holders.last().expect("nonempty")]
+                            .clone()
+                            .expect("holder");
                         let meta = FileMeta::from_header(&last.header).ok_or_else(|| {
-                            EngineError::corrupt(&streams[base_i].object(), format!("{min}: unsupported entry type"))
+                            EngineError::corrupt(
+                                streams[base_i].object(),
+                                format!("{min}: unsupported entry type"),
+                            )
                         })?;
                         let base_meta = FileMeta::from_header(&base_entry.header);
                         let diffs: Vec<usize> = holders[b + 1..].to_vec();
-                        if base_meta.as_ref().is_some_and(|m| m.kind == FileKind::Regular) {
+                        if base_meta
+                            .as_ref()
+                            .is_some_and(|m| m.kind == FileKind::Regular)
+                        {
                             if diffs.is_empty() {
                                 let mut counting = CountingReader {
                                     inner: &mut streams[base_i],
@@ -400,14 +439,23 @@ pub fn reconstruct(ctx: &Context, plan: &RestorePlan, prefix: &Index, keys: &Dec
                                 sink.entry(&rel, &meta, Content::Stream(&mut counting))?;
                                 stats.bytes += counting.n;
                             } else {
-                                let path = materialize(&mut streams, base_i, &diffs, sink.scratch_dir(), &min)?;
-                                stats.bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                                let path = materialize(
+                                    &mut streams,
+                                    base_i,
+                                    &diffs,
+                                    sink.scratch_dir(),
+                                    &min,
+                                )?;
+                                stats.bytes +=
+                                    std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                                 sink.entry(&rel, &meta, Content::Scratch(path))?;
                             }
                         } else if !diffs.is_empty() && meta.kind == FileKind::Regular {
                             return Err(EngineError::corrupt(
-                                &streams[diffs[0]].object(),
-                                format!("{min}: delta against something that is not a regular file"),
+                                streams[diffs[0]].object(),
+                                format!(
+                                    "{min}: delta against something that is not a regular file"
+                                ),
                             ));
                         } else {
                             sink.entry(&rel, &meta, Content::None)?;
@@ -453,13 +501,22 @@ fn scratch_path(dir: &Path) -> PathBuf {
 }
 
 /// Writes the base snapshot to a scratch file and applies the deltas in order.
-fn materialize(streams: &mut [SetStream], base: usize, diffs: &[usize], dir: &Path, index: &Index) -> Result<PathBuf> {
+fn materialize(
+    streams: &mut [SetStream],
+    base: usize,
+    diffs: &[usize],
+    dir: &Path,
+    index: &Index,
+) -> Result<PathBuf> {
     let mut path = scratch_path(dir);
     {
         let mut f = File::create(&path).map_err(|e| EngineError::io(&path, e))?;
         let obj = streams[base].object();
-        io::copy(&mut streams[base], &mut io::BufWriter::with_capacity(1 << 20, &mut f))
-            .map_err(|e| EngineError::from_object_io(&obj, e))?;
+        io::copy(
+            &mut streams[base],
+            &mut io::BufWriter::with_capacity(1 << 20, &mut f),
+        )
+        .map_err(|e| EngineError::from_object_io(&obj, e))?;
     }
     for &d in diffs {
         let next = scratch_path(dir);
@@ -504,7 +561,8 @@ pub struct RestoreReport {
 }
 
 fn to_cstring(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
 fn set_mtime(path: &Path, mtime: i64, follow: bool) -> io::Result<()> {
@@ -586,7 +644,8 @@ impl StagingSink {
                 self.deferred.push((index, meta));
                 continue;
             }
-            self.apply_meta(&path, &meta).map_err(|e| EngineError::io(&path, e))?;
+            self.apply_meta(&path, &meta)
+                .map_err(|e| EngineError::io(&path, e))?;
         }
         Ok(())
     }
@@ -595,7 +654,8 @@ impl StagingSink {
     fn close_dirs_deeper_than(&mut self, depth: usize) -> Result<()> {
         while self.dirs.last().is_some_and(|(i, _, _)| i.depth() > depth) {
             let (_, path, meta) = self.dirs.pop().expect("non-empty");
-            self.apply_meta(&path, &meta).map_err(|e| EngineError::io(&path, e))?;
+            self.apply_meta(&path, &meta)
+                .map_err(|e| EngineError::io(&path, e))?;
         }
         Ok(())
     }
@@ -603,8 +663,14 @@ impl StagingSink {
     /// The parent of `path` must be a directory this restore created (never a symlink
     /// from the archive, which could point outside the target).
     fn check_parent(&self, index: &Index, path: &Path) -> Result<()> {
-        let Some(parent_index) = index.parent() else { return Ok(()) };
-        if self.dirs.last().is_some_and(|(di, _, _)| *di == parent_index) {
+        let Some(parent_index) = index.parent() else {
+            return Ok(());
+        };
+        if self
+            .dirs
+            .last()
+            .is_some_and(|(di, _, _)| *di == parent_index)
+        {
             return Ok(());
         }
         let parent = path.parent().expect("has parent");
@@ -695,20 +761,24 @@ impl TreeSink for StagingSink {
                 }
             },
             FileKind::Symlink => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(&meta.link_target), &path).map_err(io_err)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&meta.link_target), &path)
+                    .map_err(io_err)?;
             }
             FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice => {
                 let c = to_cstring(&path).map_err(io_err)?;
                 let (kind_bits, dev) = match meta.kind {
                     FileKind::Fifo => (libc::S_IFIFO, 0),
-                    FileKind::CharDevice => (libc::S_IFCHR, libc::makedev(meta.devmajor, meta.devminor)),
+                    FileKind::CharDevice => {
+                        (libc::S_IFCHR, libc::makedev(meta.devmajor, meta.devminor))
+                    }
                     _ => (libc::S_IFBLK, libc::makedev(meta.devmajor, meta.devminor)),
                 };
                 // SAFETY: valid C string.
                 if unsafe { libc::mknod(c.as_ptr(), kind_bits | 0o600, dev) } != 0 {
                     let e = io::Error::last_os_error();
                     if meta.kind != FileKind::Fifo && e.kind() == io::ErrorKind::PermissionDenied {
-                        let msg = format!("{index}: cannot create a device node without root; skipped");
+                        let msg =
+                            format!("{index}: cannot create a device node without root; skipped");
                         tracing::warn!("{msg}");
                         self.warnings.push(msg);
                         return Ok(());
@@ -717,7 +787,8 @@ impl TreeSink for StagingSink {
                 }
             }
         }
-        self.apply_meta(&path, meta).map_err(|e| EngineError::io(&path, e))
+        self.apply_meta(&path, meta)
+            .map_err(|e| EngineError::io(&path, e))
     }
 }
 
@@ -747,7 +818,12 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         }
         Ok(_) => false,
         Err(e) if e.kind() == io::ErrorKind::NotFound => true,
-        Err(e) => return Err(EngineError::io(target, io::Error::new(e.kind(), e.to_string()))),
+        Err(e) => {
+            return Err(EngineError::io(
+                target,
+                io::Error::new(e.kind(), e.to_string()),
+            ));
+        }
     };
     let plan = plan(ctx, opts.time, &opts.keys)?;
     ctx.progress.start("restore", None);
@@ -759,7 +835,10 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
     let staging_parent = if target_is_dir || created_target {
         target.clone()
     } else {
-        target.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+        target
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
     };
     let staging = staging_parent.join(format!(
         ".flotilla-restore-{}-{}",
@@ -794,26 +873,28 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         // top level get their final metadata now; top-level ones after the move (a
         // read-only directory cannot be moved to another parent by a non-root user).
         sink.close_dirs_deeper_than(1)?;
-        let mut top_dirs: Vec<(Index, FileMeta)> = sink.dirs.drain(..).map(|(i, _, m)| (i, m)).collect();
+        let mut top_dirs: Vec<(Index, FileMeta)> =
+            sink.dirs.drain(..).map(|(i, _, m)| (i, m)).collect();
         top_dirs.append(&mut sink.deferred);
         // Children before the root, so the root's mtime is set last.
         top_dirs.sort_by_key(|(i, _)| std::cmp::Reverse(i.depth()));
         let root_path = sink.root.clone();
         match sink.root_kind {
             Some(FileKind::Directory) => {
-                let rd = std::fs::read_dir(&root_path).map_err(|e| EngineError::io(&root_path, e))?;
+                let rd =
+                    std::fs::read_dir(&root_path).map_err(|e| EngineError::io(&root_path, e))?;
                 for e in rd {
                     let e = e.map_err(|e| EngineError::io(&root_path, e))?;
                     let dest = target.join(e.file_name());
-                    if opts.force {
-                        if let Ok(md) = std::fs::symlink_metadata(&dest) {
-                            let r = if md.is_dir() {
-                                std::fs::remove_dir_all(&dest)
-                            } else {
-                                std::fs::remove_file(&dest)
-                            };
-                            r.map_err(|e| EngineError::io(&dest, e))?;
-                        }
+                    if opts.force
+                        && let Ok(md) = std::fs::symlink_metadata(&dest)
+                    {
+                        let r = if md.is_dir() {
+                            std::fs::remove_dir_all(&dest)
+                        } else {
+                            std::fs::remove_file(&dest)
+                        };
+                        r.map_err(|e| EngineError::io(&dest, e))?;
                     }
                     std::fs::rename(e.path(), &dest).map_err(|e| EngineError::io(&dest, e))?;
                 }
@@ -826,20 +907,23 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                     } else {
                         target.join(OsStr::from_bytes(index.as_bytes()))
                     };
-                    sink.apply_meta(&dest, meta).map_err(|e| EngineError::io(&dest, e))?;
+                    sink.apply_meta(&dest, meta)
+                        .map_err(|e| EngineError::io(&dest, e))?;
                 }
             }
             Some(_) => {
                 let dest = if target_is_dir {
                     let name = opts.path.file_name();
-                    target.join(OsStr::from_bytes(if name.is_empty() { b"restored" } else { name }))
+                    target.join(OsStr::from_bytes(if name.is_empty() {
+                        b"restored"
+                    } else {
+                        name
+                    }))
                 } else if created_target {
                     // The target was created as a directory for staging; a single file
                     // takes its place.
-                    let tmp = target.with_file_name(format!(
-                        ".flotilla-restore-file-{}",
-                        std::process::id()
-                    ));
+                    let tmp = target
+                        .with_file_name(format!(".flotilla-restore-file-{}", std::process::id()));
                     std::fs::rename(&root_path, &tmp).map_err(|e| EngineError::io(&tmp, e))?;
                     std::fs::remove_dir_all(&staging).map_err(|e| EngineError::io(&staging, e))?;
                     std::fs::remove_dir(target).map_err(|e| EngineError::io(target, e))?;
@@ -855,7 +939,8 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                             dest.display()
                         )));
                     }
-                    let md = std::fs::symlink_metadata(&dest).map_err(|e| EngineError::io(&dest, e))?;
+                    let md =
+                        std::fs::symlink_metadata(&dest).map_err(|e| EngineError::io(&dest, e))?;
                     let r = if md.is_dir() {
                         std::fs::remove_dir_all(&dest)
                     } else {

@@ -6,8 +6,8 @@
 //! leaves an incomplete set (ignored, cleaned up later), never a "complete" set with
 //! missing volumes.
 
-use super::error::Result;
 use super::Context;
+use super::error::Result;
 use flotilla_common::archive::{BackupSet, Collection};
 use serde::Serialize;
 
@@ -32,10 +32,17 @@ fn objects_of(set: &BackupSet) -> Vec<String> {
 
 fn collection(ctx: &Context) -> Result<Collection> {
     let listing = ctx.store.list()?;
-    Ok(Collection::from_listing(listing.iter().map(|o| (o.name.clone(), o.size))))
+    Ok(Collection::from_listing(
+        listing.iter().map(|o| (o.name.clone(), o.size)),
+    ))
 }
 
-fn execute(ctx: &Context, sets: Vec<&BackupSet>, kept: usize, force: bool) -> Result<RetentionPlan> {
+fn execute(
+    ctx: &Context,
+    sets: Vec<&BackupSet>,
+    kept: usize,
+    force: bool,
+) -> Result<RetentionPlan> {
     // Newest sets first within a chain's deletion would leave a usable prefix, but we
     // delete whole chains; delete incrementals before their full.
     let mut ordered = sets;
@@ -84,7 +91,12 @@ pub fn remove_all_but_n_full(ctx: &Context, n: usize, force: bool) -> Result<Ret
 /// Deletes incomplete sets (interrupted backups) and stray signature files.
 pub fn cleanup(ctx: &Context, force: bool) -> Result<RetentionPlan> {
     let coll = collection(ctx)?;
-    let mut plan = execute(ctx, coll.incomplete.iter().collect(), coll.chains.len(), force)?;
+    let mut plan = execute(
+        ctx,
+        coll.incomplete.iter().collect(),
+        coll.chains.len(),
+        force,
+    )?;
     for sig in &coll.stray_signatures {
         plan.objects.push(sig.name.clone());
         if force {

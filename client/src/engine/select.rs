@@ -59,7 +59,11 @@ impl Selection {
         let mut patterns = Vec::new();
         for (rule, text) in rules {
             let err = |reason: String| PatternError {
-                rule: if *rule == Rule::Include { "--include" } else { "--exclude" },
+                rule: if *rule == Rule::Include {
+                    "--include"
+                } else {
+                    "--exclude"
+                },
                 pattern: text.clone(),
                 reason,
             };
@@ -71,14 +75,28 @@ impl Selection {
             } else {
                 format!("{}/{}", source.display(), text.trim_end_matches('/'))
             };
-            let anchored = if anchored.is_empty() { "/".to_string() } else { anchored };
+            let anchored = if anchored.is_empty() {
+                "/".to_string()
+            } else {
+                anchored
+            };
             let exact = glob(&anchored).map_err(|e| err(e.to_string()))?;
-            let below_text = if anchored == "/" { "/**".to_string() } else { format!("{anchored}/**") };
+            let below_text = if anchored == "/" {
+                "/**".to_string()
+            } else {
+                format!("{anchored}/**")
+            };
             let below = glob(&below_text).map_err(|e| err(e.to_string()))?;
             let components = anchored
                 .split('/')
                 .skip(1)
-                .map(|c| if c == "**" { None } else { Glob::new(c).ok().map(|g| g.compile_matcher()) })
+                .map(|c| {
+                    if c == "**" {
+                        None
+                    } else {
+                        Glob::new(c).ok().map(|g| g.compile_matcher())
+                    }
+                })
                 .collect();
             patterns.push(Pattern {
                 rule: *rule,
@@ -113,7 +131,17 @@ impl Selection {
     pub fn describe(&self) -> Vec<String> {
         self.patterns
             .iter()
-            .map(|p| format!("{} {}", if p.rule == Rule::Include { "include" } else { "exclude" }, p.text))
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    if p.rule == Rule::Include {
+                        "include"
+                    } else {
+                        "exclude"
+                    },
+                    p.text
+                )
+            })
             .collect()
     }
 }

@@ -31,11 +31,15 @@ impl Cursor {
         {
             None => None,
             Some(h) => {
-                let name = EntryName::parse(&h.name).map_err(|e| EngineError::from((self.object.clone(), e)))?;
+                let name = EntryName::parse(&h.name)
+                    .map_err(|e| EngineError::from((self.object.clone(), e)))?;
                 if name.piece.is_some() || name.kind == EntryKind::Diff {
                     return Err(EngineError::corrupt(
                         &self.object,
-                        format!("unexpected entry {:?} in a signature file", String::from_utf8_lossy(&h.name)),
+                        format!(
+                            "unexpected entry {:?} in a signature file",
+                            String::from_utf8_lossy(&h.name)
+                        ),
                     ));
                 }
                 Some((name, h))
@@ -92,22 +96,27 @@ impl SignatureState {
             else {
                 return Ok(None);
             };
-            if let Some(last) = &self.last {
-                if min <= *last {
-                    let c = self
-                        .cursors
-                        .iter()
-                        .find(|c| c.current.as_ref().is_some_and(|(n, _)| n.index == min))
-                        .expect("min comes from a cursor");
-                    return Err(EngineError::corrupt(
-                        &c.object,
-                        format!("entries out of order at {min} (after {last})"),
-                    ));
-                }
+            if let Some(last) = &self.last
+                && min <= *last
+            {
+                let c = self
+                    .cursors
+                    .iter()
+                    .find(|c| c.current.as_ref().is_some_and(|(n, _)| n.index == min))
+                    .expect("min comes from a cursor");
+                return Err(EngineError::corrupt(
+                    &c.object,
+                    format!("entries out of order at {min} (after {last})"),
+                ));
             }
             self.last = Some(min.clone());
             let holders: Vec<usize> = (0..self.cursors.len())
-                .filter(|&i| self.cursors[i].current.as_ref().is_some_and(|(n, _)| n.index == min))
+                .filter(|&i| {
+                    self.cursors[i]
+                        .current
+                        .as_ref()
+                        .is_some_and(|(n, _)| n.index == min)
+                })
                 .collect();
             let winner = *holders.last().expect("at least one");
             for &i in &holders[..holders.len() - 1] {
@@ -119,7 +128,10 @@ impl SignatureState {
                 EntryKind::Deleted => None,
                 EntryKind::Signature | EntryKind::Snapshot => {
                     let meta = FileMeta::from_header(&header).ok_or_else(|| {
-                        EngineError::corrupt(&c.object, format!("unsupported entry type for {}", name.index))
+                        EngineError::corrupt(
+                            &c.object,
+                            format!("unsupported entry type for {}", name.index),
+                        )
                     })?;
                     let signature = if name.kind == EntryKind::Signature {
                         let mut data = Vec::new();

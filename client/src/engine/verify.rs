@@ -3,12 +3,12 @@
 //! `duplicity verify --compare-data`: existence and type; permission bits, owner and
 //! integer mtime (not for symlinks); file data; symlink targets; device numbers.
 
+use super::Context;
 use super::error::{EngineError, Result};
 use super::owners::Owners;
-use super::restore::{plan, reconstruct, Content, TreeSink, TreeStats};
+use super::restore::{Content, TreeSink, TreeStats, plan, reconstruct};
 use super::select::Selection;
 use super::walk::{SourceEntry, Walker};
-use super::Context;
 use flotilla_common::archive::{FileKind, FileMeta, Index};
 use flotilla_common::crypto::DecryptionKeys;
 use serde::Serialize;
@@ -63,7 +63,13 @@ impl CompareSink {
 
     fn compare_meta(&mut self, index: &Index, backup: &FileMeta, src: &SourceEntry) {
         if backup.kind != src.meta.kind {
-            self.diff(index, format!("type differs: backup {:?}, directory {:?}", backup.kind, src.meta.kind));
+            self.diff(
+                index,
+                format!(
+                    "type differs: backup {:?}, directory {:?}",
+                    backup.kind, src.meta.kind
+                ),
+            );
             return;
         }
         match backup.kind {
@@ -80,28 +86,40 @@ impl CompareSink {
                 }
                 return;
             }
-            FileKind::CharDevice | FileKind::BlockDevice => {
-                if (backup.devmajor, backup.devminor) != (src.meta.devmajor, src.meta.devminor) {
-                    self.diff(index, "device numbers differ");
-                }
+            FileKind::CharDevice | FileKind::BlockDevice
+                if (backup.devmajor, backup.devminor) != (src.meta.devmajor, src.meta.devminor) =>
+            {
+                self.diff(index, "device numbers differ");
             }
             _ => {}
         }
         if backup.perms != src.meta.perms {
-            self.diff(index, format!("mode differs: backup {:o}, directory {:o}", backup.perms, src.meta.perms));
+            self.diff(
+                index,
+                format!(
+                    "mode differs: backup {:o}, directory {:o}",
+                    backup.perms, src.meta.perms
+                ),
+            );
         }
         let uid = self.owners.local_uid(&backup.uname, backup.uid);
         let gid = self.owners.local_gid(&backup.gname, backup.gid);
         if (uid, gid) != (src.meta.uid, src.meta.gid) {
             self.diff(
                 index,
-                format!("owner differs: backup {uid}:{gid}, directory {}:{}", src.meta.uid, src.meta.gid),
+                format!(
+                    "owner differs: backup {uid}:{gid}, directory {}:{}",
+                    src.meta.uid, src.meta.gid
+                ),
             );
         }
         if backup.mtime.max(0) != src.meta.mtime.max(0) {
             self.diff(
                 index,
-                format!("mtime differs: backup {}, directory {}", backup.mtime, src.meta.mtime),
+                format!(
+                    "mtime differs: backup {}, directory {}",
+                    backup.mtime, src.meta.mtime
+                ),
             );
         }
     }
@@ -120,8 +138,10 @@ impl CompareSink {
         }
         let mut offset = 0u64;
         loop {
-            let n = read_full(backup, &mut self.buf_a).map_err(|e| EngineError::from_object_io(&index.display(), e))?;
-            let m = read_full(&mut f, &mut self.buf_b[..n.max(1)]).map_err(|e| EngineError::io(src, e))?;
+            let n = read_full(backup, &mut self.buf_a)
+                .map_err(|e| EngineError::from_object_io(&index.display(), e))?;
+            let m = read_full(&mut f, &mut self.buf_b[..n.max(1)])
+                .map_err(|e| EngineError::io(src, e))?;
             if n == 0 && m == 0 {
                 return Ok(());
             }
@@ -132,7 +152,8 @@ impl CompareSink {
                     .position(|(a, b)| a != b)
                     .unwrap_or(n.min(m)) as u64;
                 self.diff(index, format!("data differs at byte {}", offset + at));
-                io::copy(backup, &mut io::sink()).map_err(|e| EngineError::from_object_io(&index.display(), e))?;
+                io::copy(backup, &mut io::sink())
+                    .map_err(|e| EngineError::from_object_io(&index.display(), e))?;
                 return Ok(());
             }
             offset += n as u64;
@@ -191,7 +212,13 @@ impl TreeSink for CompareSink {
 }
 
 /// Compares the backup at `time` (restricted to `path`) with `directory`.
-pub fn verify(ctx: &Context, time: i64, path: &Index, directory: &Path, keys: &DecryptionKeys) -> Result<VerifyReport> {
+pub fn verify(
+    ctx: &Context,
+    time: i64,
+    path: &Index,
+    directory: &Path,
+    keys: &DecryptionKeys,
+) -> Result<VerifyReport> {
     let root = std::fs::canonicalize(directory).map_err(|e| EngineError::io(directory, e))?;
     let plan = plan(ctx, time, keys)?;
     let scratch = tempfile::Builder::new()

@@ -6,7 +6,7 @@ use super::codec::{Codec, EncodedWriter, StoredInfo};
 use super::error::{EngineError, Result};
 use flotilla_common::archive::names::{ObjectKind, SetTimes};
 use flotilla_common::archive::tarfmt::{TarHeader, TarWriter};
-use flotilla_common::archive::{Index, VolumeInfo, PIECE_SIZE};
+use flotilla_common::archive::{Index, PIECE_SIZE, VolumeInfo};
 use flotilla_common::storage::BlockingStore;
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
@@ -63,7 +63,10 @@ impl VolumeWriter {
         if self.open.is_none() {
             let number = self.next_number;
             self.next_number += 1;
-            let name = self.codec.object_name(self.set, ObjectKind::Volume(number)).format();
+            let name = self
+                .codec
+                .object_name(self.set, ObjectKind::Volume(number))
+                .format();
             let out = self.store.put_writer(&name);
             let enc = self.codec.writer(ObjectKind::Volume(number), out)?;
             self.open = Some(OpenVolume {
@@ -79,7 +82,13 @@ impl VolumeWriter {
 
     /// Appends one entry. `block` is the manifest bookmark (piece number of a non-final
     /// multivol piece, else `None`).
-    pub fn append(&mut self, header: &TarHeader, data: &[u8], index: &Index, block: Option<u64>) -> Result<()> {
+    pub fn append(
+        &mut self,
+        header: &TarHeader,
+        data: &[u8],
+        index: &Index,
+        block: Option<u64>,
+    ) -> Result<()> {
         let volsize = self.volsize;
         let vol = self.open_volume(index, block)?;
         vol.tar
@@ -94,7 +103,9 @@ impl VolumeWriter {
     }
 
     fn close_volume(&mut self) -> Result<()> {
-        let Some(vol) = self.open.take() else { return Ok(()) };
+        let Some(vol) = self.open.take() else {
+            return Ok(());
+        };
         while self.finishing.len() >= MAX_FINISHING {
             self.join_oldest()?;
         }
@@ -123,7 +134,9 @@ impl VolumeWriter {
     }
 
     fn join_oldest(&mut self) -> Result<()> {
-        let Some(f) = self.finishing.pop_front() else { return Ok(()) };
+        let Some(f) = self.finishing.pop_front() else {
+            return Ok(());
+        };
         let stored = f
             .handle
             .join()

@@ -208,7 +208,11 @@ impl Iterator for Walker {
                     pos: 0,
                 });
             }
-            let size = if meta.kind == FileKind::Regular { md.len() } else { 0 };
+            let size = if meta.kind == FileKind::Regular {
+                md.len()
+            } else {
+                0
+            };
             return Some(SourceEntry {
                 index,
                 path,

@@ -247,13 +247,19 @@ mod tests {
     fn names(set: SetTimes, vols: u32, manifest: bool, sigs: bool) -> Vec<(String, u64)> {
         let mut v = Vec::new();
         for n in 1..=vols {
-            v.push((ObjectName::new(set, ObjectKind::Volume(n), true).format(), 10));
+            v.push((
+                ObjectName::new(set, ObjectKind::Volume(n), true).format(),
+                10,
+            ));
         }
         if manifest {
             v.push((ObjectName::new(set, ObjectKind::Manifest, true).format(), 1));
         }
         if sigs {
-            v.push((ObjectName::new(set, ObjectKind::Signatures, true).format(), 1));
+            v.push((
+                ObjectName::new(set, ObjectKind::Signatures, true).format(),
+                1,
+            ));
         }
         v
     }
@@ -261,11 +267,23 @@ mod tests {
     #[test]
     fn builds_chains_and_finds_orphans() {
         let f1 = SetTimes::Full { time: 100 };
-        let i1 = SetTimes::Incremental { start: 100, end: 200 };
-        let i2 = SetTimes::Incremental { start: 200, end: 300 };
+        let i1 = SetTimes::Incremental {
+            start: 100,
+            end: 200,
+        };
+        let i2 = SetTimes::Incremental {
+            start: 200,
+            end: 300,
+        };
         let f2 = SetTimes::Full { time: 400 };
-        let orphan = SetTimes::Incremental { start: 350, end: 360 };
-        let broken = SetTimes::Incremental { start: 400, end: 500 };
+        let orphan = SetTimes::Incremental {
+            start: 350,
+            end: 360,
+        };
+        let broken = SetTimes::Incremental {
+            start: 400,
+            end: 500,
+        };
         let mut listing = Vec::new();
         listing.extend(names(f1, 2, true, true));
         listing.extend(names(i1, 1, true, true));
@@ -292,8 +310,14 @@ mod tests {
     #[test]
     fn later_incremental_with_same_start_replaces() {
         let f = SetTimes::Full { time: 100 };
-        let a = SetTimes::Incremental { start: 100, end: 200 };
-        let b = SetTimes::Incremental { start: 100, end: 250 };
+        let a = SetTimes::Incremental {
+            start: 100,
+            end: 200,
+        };
+        let b = SetTimes::Incremental {
+            start: 100,
+            end: 250,
+        };
         let mut listing = names(f, 1, true, true);
         listing.extend(names(a, 1, true, true));
         listing.extend(names(b, 1, true, true));

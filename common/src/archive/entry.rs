@@ -171,7 +171,9 @@ pub struct EntryName {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EntryNameError {
-    #[error("unrecognized entry {0:?} (expected snapshot/, diff/, deleted/, signature/ or multivol_*/)")]
+    #[error(
+        "unrecognized entry {0:?} (expected snapshot/, diff/, deleted/, signature/ or multivol_*/)"
+    )]
     Unrecognized(String),
     #[error("entry {0:?} has an absolute path")]
     Absolute(String),
@@ -228,7 +230,12 @@ impl EntryName {
 
     /// The tar name for an entry of a difftar volume. Directories get a trailing `/`;
     /// the root is `snapshot/./` in volumes.
-    pub fn volume_name(kind: EntryKind, index: &Index, file_kind: Option<FileKind>, piece: Option<u64>) -> Vec<u8> {
+    pub fn volume_name(
+        kind: EntryKind,
+        index: &Index,
+        file_kind: Option<FileKind>,
+        piece: Option<u64>,
+    ) -> Vec<u8> {
         let mut n = Vec::with_capacity(index.as_bytes().len() + 24);
         if piece.is_some() {
             n.extend_from_slice(b"multivol_");
@@ -277,23 +284,53 @@ mod tests {
         let e = EntryName::parse(b"multivol_snapshot/big.bin/17").unwrap();
         assert_eq!((e.index, e.piece), (idx("big.bin"), Some(17)));
         let e = EntryName::parse(b"multivol_diff/a/b c/3").unwrap();
-        assert_eq!((e.kind, e.index, e.piece), (EntryKind::Diff, idx("a/b c"), Some(3)));
+        assert_eq!(
+            (e.kind, e.index, e.piece),
+            (EntryKind::Diff, idx("a/b c"), Some(3))
+        );
         let e = EntryName::parse(b"deleted/x/y").unwrap();
         assert_eq!((e.kind, e.index), (EntryKind::Deleted, idx("x/y")));
-        assert!(matches!(EntryName::parse(b"snapshot/../etc/passwd"), Err(EntryNameError::BadPath { .. })));
-        assert!(matches!(EntryName::parse(b"snapshot//etc/passwd"), Err(EntryNameError::Absolute(_))));
-        assert!(matches!(EntryName::parse(b"/etc/passwd"), Err(EntryNameError::Unrecognized(_))));
-        assert!(matches!(EntryName::parse(b"multivol_snapshot/x/abc"), Err(EntryNameError::Unrecognized(_))));
+        assert!(matches!(
+            EntryName::parse(b"snapshot/../etc/passwd"),
+            Err(EntryNameError::BadPath { .. })
+        ));
+        assert!(matches!(
+            EntryName::parse(b"snapshot//etc/passwd"),
+            Err(EntryNameError::Absolute(_))
+        ));
+        assert!(matches!(
+            EntryName::parse(b"/etc/passwd"),
+            Err(EntryNameError::Unrecognized(_))
+        ));
+        assert!(matches!(
+            EntryName::parse(b"multivol_snapshot/x/abc"),
+            Err(EntryNameError::Unrecognized(_))
+        ));
     }
 
     #[test]
     fn formats_entry_names() {
         let d = Some(FileKind::Directory);
         let f = Some(FileKind::Regular);
-        assert_eq!(EntryName::volume_name(EntryKind::Snapshot, &Index::root(), d, None), b"snapshot/./");
-        assert_eq!(EntryName::sigtar_name(EntryKind::Snapshot, &Index::root(), d), b"snapshot/");
-        assert_eq!(EntryName::volume_name(EntryKind::Snapshot, &idx("a"), d, None), b"snapshot/a/");
-        assert_eq!(EntryName::volume_name(EntryKind::Diff, &idx("a/b"), f, Some(2)), b"multivol_diff/a/b/2");
-        assert_eq!(EntryName::sigtar_name(EntryKind::Signature, &idx("a/b"), f), b"signature/a/b");
+        assert_eq!(
+            EntryName::volume_name(EntryKind::Snapshot, &Index::root(), d, None),
+            b"snapshot/./"
+        );
+        assert_eq!(
+            EntryName::sigtar_name(EntryKind::Snapshot, &Index::root(), d),
+            b"snapshot/"
+        );
+        assert_eq!(
+            EntryName::volume_name(EntryKind::Snapshot, &idx("a"), d, None),
+            b"snapshot/a/"
+        );
+        assert_eq!(
+            EntryName::volume_name(EntryKind::Diff, &idx("a/b"), f, Some(2)),
+            b"multivol_diff/a/b/2"
+        );
+        assert_eq!(
+            EntryName::sigtar_name(EntryKind::Signature, &idx("a/b"), f),
+            b"signature/a/b"
+        );
     }
 }

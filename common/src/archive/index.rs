@@ -206,7 +206,10 @@ impl fmt::Display for Index {
 
 /// True for the bytes duplicity escapes in manifests (§5.2).
 fn needs_escape(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | b'\\' | b'"' | b'\'')
+    matches!(
+        b,
+        b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | b'\\' | b'"' | b'\''
+    )
 }
 
 /// Quotes a path for a manifest line (§5.2): unchanged unless it contains whitespace,
@@ -238,15 +241,16 @@ pub fn unquote_path(token: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(inner.len());
     let mut i = 0;
     while i < inner.len() {
-        if inner[i] == b'\\' && i + 3 < inner.len() && inner[i + 1] == b'x' {
-            if let Some(v) = std::str::from_utf8(&inner[i + 2..i + 4])
+        if inner[i] == b'\\'
+            && i + 3 < inner.len()
+            && inner[i + 1] == b'x'
+            && let Some(v) = std::str::from_utf8(&inner[i + 2..i + 4])
                 .ok()
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(inner[i]);
         i += 1;
@@ -282,10 +286,16 @@ mod tests {
     fn prefix_relations() {
         let a = Index::parse(b"a/b").unwrap();
         assert!(a.starts_with(&Index::parse(b"a").unwrap()));
-        assert!(!Index::parse(b"ab").unwrap().starts_with(&Index::parse(b"a").unwrap()));
+        assert!(
+            !Index::parse(b"ab")
+                .unwrap()
+                .starts_with(&Index::parse(b"a").unwrap())
+        );
         assert!(a.starts_with(&Index::root()));
         assert_eq!(
-            a.strip_prefix(&Index::parse(b"a").unwrap()).unwrap().as_bytes(),
+            a.strip_prefix(&Index::parse(b"a").unwrap())
+                .unwrap()
+                .as_bytes(),
             b"b"
         );
         assert_eq!(a.parent().unwrap().as_bytes(), b"a");

@@ -1,6 +1,6 @@
 //! Manifests (duplicity-format.md §5): per-volume index ranges and SHA-1 hashes.
 
-use super::index::{quote_path, unquote_path, Index};
+use super::index::{Index, quote_path, unquote_path};
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -61,6 +61,14 @@ pub enum ManifestError {
     MissingRange(u32),
 }
 
+/// A volume block being parsed: number, start, end, SHA-1.
+type PartialVolume = (
+    u32,
+    Option<(Index, Option<u64>)>,
+    Option<(Index, Option<u64>)>,
+    Option<String>,
+);
+
 fn index_token(index: &Index) -> Vec<u8> {
     if index.is_root() {
         b".".to_vec()
@@ -107,9 +115,9 @@ impl Manifest {
     /// Parses a manifest as duplicity 0.8.22 does (§5.3).
     pub fn parse(data: &[u8]) -> Result<Manifest, ManifestError> {
         let mut m = Manifest::default();
-        let mut current: Option<(u32, Option<(Index, Option<u64>)>, Option<(Index, Option<u64>)>, Option<String>)> = None;
+        let mut current: Option<PartialVolume> = None;
         let mut in_filelist = false;
-        let finish = |m: &mut Manifest, cur: Option<(u32, Option<(Index, Option<u64>)>, Option<(Index, Option<u64>)>, Option<String>)>| -> Result<(), ManifestError> {
+        let finish = |m: &mut Manifest, cur: Option<PartialVolume>| -> Result<(), ManifestError> {
             if let Some((n, start, end, sha1)) = cur {
                 let (Some((start, start_block)), Some((end, end_block))) = (start, end) else {
                     return Err(ManifestError::MissingRange(n));
@@ -166,7 +174,9 @@ impl Manifest {
                             reason: "path line outside a volume block".into(),
                         });
                     };
-                    let mut toks = rest.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty());
+                    let mut toks = rest
+                        .split(|b| b.is_ascii_whitespace())
+                        .filter(|t| !t.is_empty());
                     let tok = toks.next().ok_or_else(|| ManifestError::Syntax {
                         line: line_no,
                         reason: "missing path".into(),
@@ -188,11 +198,13 @@ impl Manifest {
                 }
                 b"hash" if !in_filelist => {
                     if let Some(cur) = current.as_mut() {
-                        let mut toks = rest.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty());
-                        if let (Some(alg), Some(hex)) = (toks.next(), toks.next()) {
-                            if alg.eq_ignore_ascii_case(b"sha1") {
-                                cur.3 = Some(String::from_utf8_lossy(hex).to_ascii_lowercase());
-                            }
+                        let mut toks = rest
+                            .split(|b| b.is_ascii_whitespace())
+                            .filter(|t| !t.is_empty());
+                        if let (Some(alg), Some(hex)) = (toks.next(), toks.next())
+                            && alg.eq_ignore_ascii_case(b"sha1")
+                        {
+                            cur.3 = Some(String::from_utf8_lossy(hex).to_ascii_lowercase());
                         }
                     }
                 }
@@ -217,19 +229,29 @@ pub fn format_filelist_line(change: Change, path: &Index) -> Vec<u8> {
 }
 
 fn trim_start(s: &[u8]) -> &[u8] {
-    let i = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let i = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
     &s[i..]
 }
 
 fn trim_end(s: &[u8]) -> &[u8] {
-    let i = s.iter().rposition(|b| !b.is_ascii_whitespace()).map(|i| i + 1).unwrap_or(0);
+    let i = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map(|i| i + 1)
+        .unwrap_or(0);
     &s[..i]
 }
 
 /// First whitespace-separated word and the rest of the line after the separating
 /// whitespace (the rest keeps trailing bytes as they are, but loses a trailing CR).
 fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
-    let end = s.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(s.len());
     let rest = trim_start(&s[end..]);
     let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
     (&s[..end], rest)
@@ -251,11 +273,20 @@ mod tests {
         assert_eq!(v1.start_block, None);
         assert_eq!(v1.end.as_bytes(), b"big.bin");
         assert_eq!(v1.end_block, Some(16));
-        assert_eq!(m.volumes[&3].sha1.as_deref(), Some("61068c0e0ff3e34dcc0b3e7de318bbf6f873a2fa"));
+        assert_eq!(
+            m.volumes[&3].sha1.as_deref(),
+            Some("61068c0e0ff3e34dcc0b3e7de318bbf6f873a2fa")
+        );
         let mut text = m.header_bytes();
         text.extend_from_slice(b"Filelist 2\n");
-        text.extend(format_filelist_line(Change::New, &Index::parse(b"a/b").unwrap()));
-        text.extend(format_filelist_line(Change::New, &Index::parse(b"name with spaces.txt").unwrap()));
+        text.extend(format_filelist_line(
+            Change::New,
+            &Index::parse(b"a/b").unwrap(),
+        ));
+        text.extend(format_filelist_line(
+            Change::New,
+            &Index::parse(b"name with spaces.txt").unwrap(),
+        ));
         assert_eq!(String::from_utf8(text).unwrap(), OBSERVED);
     }
 
@@ -269,12 +300,18 @@ mod tests {
 
     #[test]
     fn errors_are_specific() {
-        assert_eq!(Manifest::parse(b"Hostname x\n"), Err(ManifestError::NoVolumes));
+        assert_eq!(
+            Manifest::parse(b"Hostname x\n"),
+            Err(ManifestError::NoVolumes)
+        );
         assert_eq!(
             Manifest::parse(b"Volume 1:\n StartingPath a\n"),
             Err(ManifestError::MissingRange(1))
         );
-        assert!(matches!(Manifest::parse(b"Volume x:\n"), Err(ManifestError::Syntax { line: 1, .. })));
+        assert!(matches!(
+            Manifest::parse(b"Volume x:\n"),
+            Err(ManifestError::Syntax { line: 1, .. })
+        ));
         assert!(matches!(
             Manifest::parse(b"Volume 1:\n StartingPath ../x\n EndingPath y\n"),
             Err(ManifestError::Syntax { line: 2, .. })

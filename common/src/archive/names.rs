@@ -99,10 +99,16 @@ impl ObjectName {
         let part = if self.partial { ".part" } else { "" };
         match (self.set, self.kind) {
             (SetTimes::Full { time }, ObjectKind::Volume(n)) => {
-                format!("duplicity-full.{}.vol{n}.difftar{suffix}", format_time(time))
+                format!(
+                    "duplicity-full.{}.vol{n}.difftar{suffix}",
+                    format_time(time)
+                )
             }
             (SetTimes::Full { time }, ObjectKind::Manifest) => {
-                format!("duplicity-full.{}.manifest{part}{suffix}", format_time(time))
+                format!(
+                    "duplicity-full.{}.manifest{part}{suffix}",
+                    format_time(time)
+                )
             }
             (SetTimes::Full { time }, ObjectKind::Signatures) => format!(
                 "duplicity-full-signatures.{}.sigtar{part}{suffix}",
@@ -256,7 +262,11 @@ fn parse_short(name: &str) -> Option<ObjectName> {
         })
     };
     let b36 = |s: &str| -> Option<i64> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        {
             return None;
         }
         i64::from_str_radix(s, 36).ok().filter(|&t| t > 0)

@@ -126,8 +126,8 @@ impl BasisSignature {
                 "block length {block}, strong sum length {strong}"
             )));
         }
-        let sig = Signature::deserialize(bytes)
-            .map_err(|e| RsyncError::BadSignature(e.to_string()))?;
+        let sig =
+            Signature::deserialize(bytes).map_err(|e| RsyncError::BadSignature(e.to_string()))?;
         Ok(BasisSignature { sig })
     }
 
@@ -179,14 +179,15 @@ impl<'a, W: Write> DeltaWriter<'a, W> {
 /// Something positioned reads can be made from (the basis of a delta).
 pub trait ReadAt {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    /// Total length (named so, not `len`, because it is fallible).
+    fn total_len(&self) -> io::Result<u64>;
 }
 
 impl ReadAt for std::fs::File {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         FileExt::read_exact_at(self, buf, offset)
     }
-    fn len(&self) -> io::Result<u64> {
+    fn total_len(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
     }
 }
@@ -194,14 +195,16 @@ impl ReadAt for std::fs::File {
 impl ReadAt for [u8] {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
-        let end = start.checked_add(buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
         if end > <[u8]>::len(self) {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         buf.copy_from_slice(&self[start..end]);
         Ok(())
     }
-    fn len(&self) -> io::Result<u64> {
+    fn total_len(&self) -> io::Result<u64> {
         Ok(<[u8]>::len(self) as u64)
     }
 }
@@ -231,7 +234,7 @@ pub fn apply_delta<R: Read, B: ReadAt + ?Sized, W: Write>(
             magic[0], magic[1], magic[2], magic[3]
         )));
     }
-    let basis_len = basis.len()?;
+    let basis_len = basis.total_len()?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut written = 0u64;
     let widths = [1usize, 2, 4, 8];
@@ -286,7 +289,9 @@ pub fn apply_delta<R: Read, B: ReadAt + ?Sized, W: Write>(
                 written += len;
             }
             other => {
-                return Err(RsyncError::BadDelta(format!("unknown command byte {other:#04x}")));
+                return Err(RsyncError::BadDelta(format!(
+                    "unknown command byte {other:#04x}"
+                )));
             }
         }
     }
@@ -326,7 +331,10 @@ mod tests {
         assert_eq!(sig.len(), 24);
         assert_eq!(&sig[..4], &[0x72, 0x73, 0x01, 0x36]);
         assert_eq!(&sig[12..16], &[0x27, 0xd8, 0x05, 0xda]);
-        assert_eq!(&sig[16..24], &[0x97, 0x66, 0x8a, 0xb2, 0xf2, 0x9d, 0x01, 0x15]);
+        assert_eq!(
+            &sig[16..24],
+            &[0x97, 0x66, 0x8a, 0xb2, 0xf2, 0x9d, 0x01, 0x15]
+        );
         assert_eq!(signature_of(b"").len(), 12);
         assert_eq!(signature_of(&data(3_000_000, 1)).len(), 35172);
     }
@@ -398,9 +406,15 @@ mod tests {
             &[0x72, 0x73, 0x02, 0x36, 0x05, b'a'][..],
             &[0x72, 0x73, 0x02, 0x36, 0x45, 8, 5, 0][..],
             &[0x72, 0x73, 0x02, 0x36, 0x55, 0][..],
-            &[0x72, 0x73, 0x02, 0x36, 0x54, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0][..],
+            &[
+                0x72, 0x73, 0x02, 0x36, 0x54, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+                0, 0, 0, 0, 0, 1, 0,
+            ][..],
         ] {
-            assert!(apply_delta(bad, &base[..], &mut Vec::new()).is_err(), "{bad:?}");
+            assert!(
+                apply_delta(bad, &base[..], &mut Vec::new()).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

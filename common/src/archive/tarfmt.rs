@@ -454,12 +454,24 @@ impl<R: Read> TarReader<R> {
             let unsigned: u64 = block
                 .iter()
                 .enumerate()
-                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) })
+                .map(|(i, &b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        u64::from(b)
+                    }
+                })
                 .sum();
             let signed: i64 = block
                 .iter()
                 .enumerate()
-                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { i64::from(b as i8) })
+                .map(|(i, &b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        i64::from(b as i8)
+                    }
+                })
                 .sum();
             if stored != unsigned && stored as i64 != signed {
                 return Err(TarError::CorruptHeader {
@@ -505,7 +517,11 @@ impl<R: Read> TarReader<R> {
                 Some(p) => p,
                 None => {
                     let n = cstr(&block[0..100]);
-                    let prefix = if is_ustar { cstr(&block[345..500]) } else { &[][..] };
+                    let prefix = if is_ustar {
+                        cstr(&block[345..500])
+                    } else {
+                        &[][..]
+                    };
                     if prefix.is_empty() {
                         n.to_vec()
                     } else {
@@ -522,7 +538,11 @@ impl<R: Read> TarReader<R> {
             };
             let h = TarHeader {
                 name,
-                typeflag: if typeflag == 0 { TYPE_REGULAR } else { typeflag },
+                typeflag: if typeflag == 0 {
+                    TYPE_REGULAR
+                } else {
+                    typeflag
+                },
                 mode: (num(100..108, "mode")? & 0o7777) as u32,
                 uid: match meta.uid {
                     Some(v) => v,
@@ -538,15 +558,26 @@ impl<R: Read> TarReader<R> {
                     .linkpath
                     .take()
                     .unwrap_or_else(|| cstr(&block[157..257]).to_vec()),
-                uname: meta.uname.take().unwrap_or_else(|| cstr(&block[265..297]).to_vec()),
-                gname: meta.gname.take().unwrap_or_else(|| cstr(&block[297..329]).to_vec()),
+                uname: meta
+                    .uname
+                    .take()
+                    .unwrap_or_else(|| cstr(&block[265..297]).to_vec()),
+                gname: meta
+                    .gname
+                    .take()
+                    .unwrap_or_else(|| cstr(&block[297..329]).to_vec()),
                 devmajor: num(329..337, "devmajor")? as u32,
                 devminor: num(337..345, "devminor")? as u32,
             };
             // Only regular-file-like entries carry data in the archive.
-            let has_data = matches!(h.typeflag, TYPE_REGULAR | b'7') || !h.typeflag.is_ascii_digit();
+            let has_data =
+                matches!(h.typeflag, TYPE_REGULAR | b'7') || !h.typeflag.is_ascii_digit();
             self.remaining = if has_data { h.size } else { 0 };
-            self.pad = if has_data { padding_for(h.size) as u64 } else { 0 };
+            self.pad = if has_data {
+                padding_for(h.size) as u64
+            } else {
+                0
+            };
             return Ok(Some(h));
         }
     }
@@ -601,7 +632,10 @@ fn parse_pax(records: &[u8], meta: &mut PendingMeta) -> Result<(), String> {
             return Err("pax record length out of range".into());
         }
         let rec = &rest[sp + 1..len - 1];
-        let eq = rec.iter().position(|&b| b == b'=').ok_or("pax record without '='")?;
+        let eq = rec
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("pax record without '='")?;
         let (key, value) = (&rec[..eq], &rec[eq + 1..]);
         let num = |v: &[u8]| -> Result<u64, String> {
             std::str::from_utf8(v)
@@ -736,13 +770,17 @@ mod tests {
         let mut bad = bytes.clone();
         bad[10] ^= 0x55;
         let mut r = TarReader::new(&bad[..]);
-        assert!(matches!(r.next_header(), Err(TarError::CorruptHeader { .. })));
+        assert!(matches!(
+            r.next_header(),
+            Err(TarError::CorruptHeader { .. })
+        ));
     }
 
     #[test]
     fn garbage_never_panics() {
         let mut w = TarWriter::new(Vec::new());
-        w.append(&hdr(b"snapshot/\xffname", TYPE_REGULAR), &[5u8; 700]).unwrap();
+        w.append(&hdr(b"snapshot/\xffname", TYPE_REGULAR), &[5u8; 700])
+            .unwrap();
         let base = w.finish_archive().unwrap();
         let mut seed = 12345u64;
         for _ in 0..3000 {
