@@ -106,9 +106,11 @@ enum Command {
         /// Store objects unencrypted (gzip).
         #[arg(long)]
         no_encryption: bool,
-        /// Compression level inside the OpenPGP messages or gzip objects (0 = none, 1 = fastest,
-        /// 9 = smallest).
-        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+        /// Compression level inside the OpenPGP messages or gzip objects (0 = none, 1 =
+        /// fastest, 9 = smallest; gpg's default is 6). Chunks that do not compress (media,
+        /// archives) are stored as they are at any level. Level 1 is about twice as fast as 6
+        /// for about 15% more stored bytes on typical server data.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
         compress_level: u32,
         /// Threads compressing in parallel (default: all cores).
         #[arg(long)]
@@ -229,6 +231,9 @@ struct Bar {
 }
 
 impl Progress for Bar {
+    fn wants_totals(&self) -> bool {
+        true
+    }
     fn start(&self, phase: &str, total: Option<u64>) {
         self.bar.set_prefix(phase.to_string());
         if let Some(t) = total {

@@ -588,8 +588,9 @@ pub fn backup(ctx: &Context, opts: &BackupOptions) -> Result<BackupReport> {
         .open(&filelist_path)
         .map_err(|e| EngineError::io(&filelist_path, e))?;
 
-    // Size estimate for the progress bar, computed alongside.
-    {
+    // Size estimate for the progress bar, computed alongside (a second walk: only
+    // when someone watches).
+    if ctx.progress.wants_totals() {
         let progress = ctx.progress.clone();
         let root = source.clone();
         let sel = selection.clone();

@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub trait Progress: Send + Sync {
     /// A new phase ("backup", "restore", "verify"), with the bytes expected if known.
     fn start(&self, _phase: &str, _total_bytes: Option<u64>) {}
+    /// Whether totals are worth an extra pass over the tree (only for a display).
+    fn wants_totals(&self) -> bool {
+        false
+    }
     /// The expected total became known (it is computed in the background).
     fn set_total(&self, _bytes: u64, _files: u64) {}
     /// Bytes of source data processed.
