@@ -438,6 +438,7 @@ pub fn reconstruct(
                                 };
                                 sink.entry(&rel, &meta, Content::Stream(&mut counting))?;
                                 stats.bytes += counting.n;
+                                ctx.progress.bytes(counting.n);
                             } else {
                                 let path = materialize(
                                     &mut streams,
@@ -446,8 +447,9 @@ pub fn reconstruct(
                                     sink.scratch_dir(),
                                     &min,
                                 )?;
-                                stats.bytes +=
-                                    std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                                let n = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                                stats.bytes += n;
+                                ctx.progress.bytes(n);
                                 sink.entry(&rel, &meta, Content::Scratch(path))?;
                             }
                         } else if !diffs.is_empty() && meta.kind == FileKind::Regular {
