@@ -168,6 +168,9 @@ pub struct BlockingStore {
     store: Arc<dyn ObjectStore>,
     rt: Handle,
     label: String,
+    /// For `file://`: the directory, listed directly (object_store's listing fails on
+    /// a single foreign file with a non-UTF-8 name, and hides staging files).
+    local_dir: Option<PathBuf>,
 }
 
 /// Size of the pieces handed to the object store writer.
@@ -181,6 +184,7 @@ impl BlockingStore {
             store,
             rt,
             label: label.into(),
+            local_dir: None,
         }
     }
 
@@ -217,6 +221,30 @@ impl BlockingStore {
 
     /// Objects at the top level of the destination (names only, no "directories").
     pub fn list(&self) -> Result<Vec<ListedObject>, StorageError> {
+        if let Some(dir) = &self.local_dir {
+            let io_err = |error| StorageError::Io {
+                destination: self.label.clone(),
+                operation: "list",
+                name: dir.display().to_string(),
+                error,
+            };
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(dir).map_err(io_err)? {
+                let e = e.map_err(io_err)?;
+                // Names that are not UTF-8 are never ours; skip them like other foreign files.
+                let Ok(name) = e.file_name().into_string() else {
+                    continue;
+                };
+                match e.metadata() {
+                    Ok(md) if md.is_file() => out.push(ListedObject {
+                        name,
+                        size: md.len(),
+                    }),
+                    _ => {}
+                }
+            }
+            return Ok(out);
+        }
         let store = self.store.clone();
         let res = self
             .rt
@@ -288,6 +316,22 @@ impl BlockingStore {
     }
 
     pub fn delete(&self, name: &str) -> Result<(), StorageError> {
+        if let Some(dir) = self.local_dir.as_ref().filter(|_| !name.contains('/')) {
+            // Directly, so that names object_store would encode (`x#1` staging files) work.
+            return match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                    destination: self.label.clone(),
+                    name: name.to_string(),
+                }),
+                Err(error) => Err(StorageError::Io {
+                    destination: self.label.clone(),
+                    operation: "delete",
+                    name: name.to_string(),
+                    error,
+                }),
+            };
+        }
         let store = self.store.clone();
         let path = ObjectPath::from(name);
         self.rt
@@ -414,7 +458,11 @@ impl Drop for ObjectWriter {
 pub fn open_blocking(url: &str, rt: Handle) -> Result<BlockingStore, StorageError> {
     let dest = Destination::parse(url)?;
     let store = dest.open()?;
-    Ok(BlockingStore::new(store, rt, dest.to_string()))
+    let mut b = BlockingStore::new(store, rt, dest.to_string());
+    if let Destination::File { path } = &dest {
+        b.local_dir = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
+    }
+    Ok(b)
 }
 
 /// Directory part of a `file://` destination (for messages).

@@ -373,6 +373,15 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
         | Command::RemoveAllButNFull { url, .. }
         | Command::Cleanup { url, .. } => url,
     };
+    if let Command::Backup { src, .. } = &cli.command {
+        // Before the store is opened (which creates a local store's directory).
+        if !src.is_dir() {
+            bail!(
+                "source {} is not a directory (or does not exist)",
+                src.display()
+            );
+        }
+    }
     let store = open_blocking(url, rt.handle().clone())?;
     let ctx = Context {
         store,
@@ -538,7 +547,7 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                     report.sets.len(),
                     report.stats.volumes,
                     report.target.display(),
-                    format_time(report.sets.last().map(|_| report.time).unwrap_or(0))
+                    format_time(report.backup_time)
                 );
             }
             Ok(0)

@@ -119,15 +119,35 @@ fn spawn_feed(
                         }
                     }
                     let actual = hash.get().unwrap_or_default();
-                    match expected {
-                        Some(exp) if exp != actual => Err(EngineError::HashMismatch {
+                    match &expected {
+                        Some(exp) if *exp != actual => Err(EngineError::HashMismatch {
                             object: obj.name.clone(),
-                            expected: exp,
+                            expected: exp.clone(),
                             actual,
                         }),
                         _ => Ok(()),
                     }
                 })();
+                // A volume that fails to decrypt or parse may simply have been damaged in
+                // storage: say so precisely when its stored bytes no longer match.
+                let result = match (result, &expected) {
+                    (Err(e), Some(exp))
+                        if !matches!(
+                            e,
+                            EngineError::HashMismatch { .. } | EngineError::Interrupted
+                        ) =>
+                    {
+                        match stored_sha1(&store, &obj.name) {
+                            Some(actual) if actual != *exp => Err(EngineError::HashMismatch {
+                                object: obj.name.clone(),
+                                expected: exp.clone(),
+                                actual,
+                            }),
+                            _ => Err(e),
+                        }
+                    }
+                    (r, _) => r,
+                };
                 let failed = result.is_err();
                 if tx.send(Msg::End(result)).is_err() || failed {
                     return;
@@ -141,6 +161,22 @@ fn spawn_feed(
         pos: 0,
         at_end: false,
     }
+}
+
+/// SHA-1 of an object's stored bytes (`None` if it cannot be read).
+fn stored_sha1(store: &BlockingStore, name: &str) -> Option<String> {
+    use sha1::{Digest, Sha1};
+    let mut r = store.get(name).ok()?;
+    let mut h = Sha1::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+    Some(super::codec::hex(&h.finalize()))
 }
 
 /// An entry of a set with its pieces joined.
@@ -160,6 +196,8 @@ struct SetStream {
     /// The entry being read (for continuing multivol pieces).
     current: Option<EntryName>,
     exhausted: bool,
+    /// Index of the previous entry: entries must come in strictly increasing order.
+    last_index: Option<Index>,
 }
 
 impl SetStream {
@@ -235,6 +273,19 @@ impl SetStream {
                 Ok(None)
             }
             Some((name, header)) => {
+                if let Some(last) = &self.last_index {
+                    if name.index <= *last {
+                        return Err(EngineError::corrupt(
+                            self.object(),
+                            format!(
+                                "entry {} comes after {} (entries must be in strictly increasing \
+                                 order, each path once)",
+                                name.index, last
+                            ),
+                        ));
+                    }
+                }
+                self.last_index = Some(name.index.clone());
                 self.current = Some(name.clone());
                 Ok(Some(LogicalEntry { name, header }))
             }
@@ -390,6 +441,7 @@ pub fn reconstruct(
             peeked: None,
             current: None,
             exhausted: false,
+            last_index: None,
         });
     }
     let mut heads: Vec<Option<LogicalEntry>> = Vec::with_capacity(streams.len());
@@ -407,9 +459,10 @@ pub fn reconstruct(
                 .rposition(|&i| heads[i].as_ref().expect("holder").name.kind != EntryKind::Diff);
             match base {
                 None => {
-                    tracing::warn!(
-                        "{min}: delta without a full copy before it in the chain; skipped"
-                    );
+                    return Err(EngineError::corrupt(
+                        streams[holders[0]].object(),
+                        format!("{min}: a delta with no full copy before it in the chain"),
+                    ));
                 }
                 Some(b) => {
                     let base_i = holders[b];
@@ -555,7 +608,10 @@ pub struct RestoreOptions {
 /// What a restore did.
 #[derive(Clone, Debug, Serialize)]
 pub struct RestoreReport {
+    /// The time asked for.
     pub time: i64,
+    /// The time of the newest set restored (what the restored tree corresponds to).
+    pub backup_time: i64,
     pub sets: Vec<String>,
     pub target: PathBuf,
     pub stats: TreeStats,
@@ -683,8 +739,12 @@ impl StagingSink {
                 format!("refusing to restore {index}: its parent is not a directory in the backup"),
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Directory entries missing from the archive: create them, checking each
-                // existing component on the way.
+                // Directory entries missing from the archive (duplicity would crash on a
+                // set without its root entry): create them, checking each existing
+                // component on the way.
+                if std::fs::symlink_metadata(&self.root).is_err() {
+                    std::fs::create_dir(&self.root).map_err(|e| EngineError::io(&self.root, e))?;
+                }
                 let mut p = self.root.clone();
                 for c in parent_index.components() {
                     p.push(OsStr::from_bytes(c));
@@ -723,7 +783,11 @@ impl TreeSink for StagingSink {
             FileKind::Directory => {
                 match std::fs::create_dir(&path) {
                     Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+                    // Only a directory this restore made may be there already (a parent
+                    // created for an archive without directory entries); never a symlink.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AlreadyExists
+                            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) => {}
                     Err(e) => return Err(io_err(e)),
                 }
                 // Owner-writable until its contents are in; final mode applied on close.
@@ -871,6 +935,10 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
             .map_err(|e| EngineError::io(&staging, e))?;
         std::fs::create_dir(&sink.scratch).map_err(|e| EngineError::io(&sink.scratch, e))?;
         let stats = reconstruct(ctx, &plan, &opts.path, &opts.keys, &mut sink)?;
+        if sink.root_kind.is_none() && sink.root.is_dir() {
+            // A set without its root entry: the root was made for its children.
+            sink.root_kind = Some(FileKind::Directory);
+        }
         // Everything verified: move the staged tree into place. Directories below the
         // top level get their final metadata now; top-level ones after the move (a
         // read-only directory cannot be moved to another parent by a non-root user).
@@ -962,6 +1030,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
             ctx.progress.finish();
             Ok(RestoreReport {
                 time: plan.time,
+                backup_time: plan.sets.last().map(|(s, _)| s.times.end()).unwrap_or(0),
                 sets: plan.sets.iter().map(|(s, _)| s.times.to_string()).collect(),
                 target: target.clone(),
                 stats,

@@ -88,19 +88,39 @@ pub fn remove_all_but_n_full(ctx: &Context, n: usize, force: bool) -> Result<Ret
     execute(ctx, sets, chains.len() - cut, force)
 }
 
-/// Deletes incomplete sets (interrupted backups) and stray signature files.
+/// Deletes incomplete sets (interrupted backups), stray signature files and upload
+/// staging files (`<object>#<n>`) that a killed upload left behind.
 pub fn cleanup(ctx: &Context, force: bool) -> Result<RetentionPlan> {
-    let coll = collection(ctx)?;
+    // Holding this destination's lock means no backup of ours is uploading right now.
+    let _lock = super::cache::ArchiveCache::open(&ctx.state_dir, ctx.store.label())?;
+    let listing = ctx.store.list()?;
+    let staging: Vec<String> = listing
+        .iter()
+        .filter(|o| {
+            o.name.split_once('#').is_some_and(|(base, n)| {
+                flotilla_common::archive::ObjectName::parse(base).is_some()
+                    && !n.is_empty()
+                    && n.bytes().all(|b| b.is_ascii_digit())
+            })
+        })
+        .map(|o| o.name.clone())
+        .collect();
+    let coll = Collection::from_listing(listing.iter().map(|o| (o.name.clone(), o.size)));
     let mut plan = execute(
         ctx,
         coll.incomplete.iter().collect(),
         coll.chains.len(),
         force,
     )?;
-    for sig in &coll.stray_signatures {
-        plan.objects.push(sig.name.clone());
+    let strays = coll
+        .stray_signatures
+        .iter()
+        .map(|o| o.name.clone())
+        .chain(staging);
+    for name in strays {
+        plan.objects.push(name.clone());
         if force {
-            match ctx.store.delete(&sig.name) {
+            match ctx.store.delete(&name) {
                 Ok(()) | Err(flotilla_common::storage::StorageError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }

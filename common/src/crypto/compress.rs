@@ -581,9 +581,15 @@ mod tests {
         }
         d.finish(last, &mut sink).unwrap();
         // random data stored (~0.01% overhead), the repeated tail compressed
-        assert!(sink.0.len() < 3 * CHUNK + 3 * CHUNK / 1000 + 10_000, "{}", sink.0.len());
+        assert!(
+            sink.0.len() < 3 * CHUNK + 3 * CHUNK / 1000 + 10_000,
+            "{}",
+            sink.0.len()
+        );
         let mut out = Vec::new();
-        flate2::read::DeflateDecoder::new(&sink.0[..]).read_to_end(&mut out).unwrap();
+        flate2::read::DeflateDecoder::new(&sink.0[..])
+            .read_to_end(&mut out)
+            .unwrap();
         assert!(out == mixed);
     }
 
