@@ -459,9 +459,9 @@ pub fn open_blocking(url: &str, rt: Handle) -> Result<BlockingStore, StorageErro
     let dest = Destination::parse(url)?;
     let store = dest.open()?;
     let mut b = BlockingStore::new(store, rt, dest.to_string());
-    if let Destination::File { path } = &dest {
-        b.local_dir = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
-    }
+    // Only local directories so far; remote destinations will leave this unset.
+    let Destination::File { path } = &dest;
+    b.local_dir = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
     Ok(b)
 }
 

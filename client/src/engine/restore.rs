@@ -273,17 +273,15 @@ impl SetStream {
                 Ok(None)
             }
             Some((name, header)) => {
-                if let Some(last) = &self.last_index {
-                    if name.index <= *last {
-                        return Err(EngineError::corrupt(
-                            self.object(),
-                            format!(
-                                "entry {} comes after {} (entries must be in strictly increasing \
-                                 order, each path once)",
-                                name.index, last
-                            ),
-                        ));
-                    }
+                if let Some(last) = self.last_index.as_ref().filter(|l| name.index <= **l) {
+                    return Err(EngineError::corrupt(
+                        self.object(),
+                        format!(
+                            "entry {} comes after {} (entries must be in strictly increasing \
+                             order, each path once)",
+                            name.index, last
+                        ),
+                    ));
                 }
                 self.last_index = Some(name.index.clone());
                 self.current = Some(name.clone());
