@@ -124,6 +124,7 @@ enum Command {
     },
     /// Restore the tree (or --path) as it was at --time into TARGET.
     Restore {
+        /// Where the backups are, e.g. file:///var/backups/web-01.
         url: String,
         /// Directory to restore into: must be absent or empty unless --force.
         target: PathBuf,
@@ -148,6 +149,7 @@ enum Command {
     },
     /// List the files of the backup at --time (from the signature files).
     Ls {
+        /// Where the backups are, e.g. file:///var/backups/web-01.
         url: String,
         #[arg(short, long, value_name = "TIME")]
         time: Option<String>,
@@ -159,6 +161,7 @@ enum Command {
     /// Compare the backup at --time with directory SRC (data and metadata); exit 1 when
     /// anything differs.
     Verify {
+        /// Where the backups are, e.g. file:///var/backups/web-01.
         url: String,
         src: PathBuf,
         #[arg(short, long, value_name = "TIME")]
@@ -171,21 +174,29 @@ enum Command {
     },
     /// Delete chains that ended before TIME (never the latest chain). Dry run unless --force.
     RemoveOlderThan {
+        /// Cut-off time, e.g. 30D or 2026-11-01.
         time: String,
+        /// Where the backups are, e.g. file:///var/backups/web-01.
         url: String,
+        /// Delete for real (without it, only show what would be deleted).
         #[arg(long)]
         force: bool,
     },
     /// Keep the N most recent chains, delete older ones. Dry run unless --force.
     RemoveAllButNFull {
+        /// How many full chains to keep (at least 1).
         n: usize,
+        /// Where the backups are, e.g. file:///var/backups/web-01.
         url: String,
+        /// Delete for real (without it, only show what would be deleted).
         #[arg(long)]
         force: bool,
     },
     /// Delete incomplete sets left by interrupted backups. Dry run unless --force.
     Cleanup {
+        /// Where the backups are, e.g. file:///var/backups/web-01.
         url: String,
+        /// Delete for real (without it, only show what would be deleted).
         #[arg(long)]
         force: bool,
     },
