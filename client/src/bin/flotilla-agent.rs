@@ -134,7 +134,7 @@ enum Command {
         /// Restore only this file or directory (relative to the backed-up root); a file
         /// is written at TARGET (or inside TARGET if it is an existing directory).
         #[arg(long, value_name = "PATH")]
-        path: Option<String>,
+        path: Option<PathBuf>,
         /// Restore into a non-empty target, replacing paths the backup holds.
         #[arg(long)]
         force: bool,
@@ -168,7 +168,7 @@ enum Command {
         time: Option<String>,
         /// Compare only this path of the backup (SRC then corresponds to it).
         #[arg(long, value_name = "PATH")]
-        path: Option<String>,
+        path: Option<PathBuf>,
         #[command(flatten)]
         decrypt: DecryptArgs,
     },
@@ -307,10 +307,13 @@ fn time_arg(t: &Option<String>) -> Result<i64> {
     }
 }
 
-fn path_arg(p: &Option<String>) -> Result<Index> {
+/// `--path` as raw bytes: names need not be UTF-8.
+fn path_arg(p: &Option<PathBuf>) -> Result<Index> {
+    use std::os::unix::ffi::OsStrExt;
     match p {
         None => Ok(Index::root()),
-        Some(s) => Index::parse(s.as_bytes()).map_err(|e| anyhow!("--path {s:?}: {e}")),
+        Some(s) => Index::parse(s.as_os_str().as_bytes())
+            .map_err(|e| anyhow!("--path {}: {e}", s.display())),
     }
 }
 
@@ -456,7 +459,7 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                     ),
                     None => None,
                 };
-                Codec::Encrypted(EncryptionSpec {
+                let spec = EncryptionSpec {
                     recipients,
                     passphrase: pass,
                     signer,
@@ -466,7 +469,12 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                             .map(|n| n.get())
                             .unwrap_or(2)
                     }),
-                })
+                };
+                // Unusable keys (expired, no signing subkey, locked without its passphrase in
+                // FLOTILLA_SIGN_PASSPHRASE) are reported before anything is written.
+                spec.validate()
+                    .context("checking the encryption and signing keys")?;
+                Codec::Encrypted(spec)
             };
             let mut skip = vec![state_dir.clone()];
             if let Ok(p) = std::fs::canonicalize(&state_dir) {
@@ -571,7 +579,10 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                 if json {
                     items.push(p);
                 } else {
-                    println!("{}", p.render());
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&p.render_bytes());
+                    let _ = out.write_all(b"\n");
                 }
             })?;
             if json {

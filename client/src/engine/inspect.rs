@@ -163,7 +163,10 @@ impl Status {
 /// A path of the backup at a time.
 #[derive(Clone, Debug, Serialize)]
 pub struct ListedPath {
+    /// The path (lossy UTF-8 in JSON; see `path_bytes` for the raw bytes).
     pub path: String,
+    #[serde(skip)]
+    pub path_bytes: Vec<u8>,
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub mode: String,
@@ -227,6 +230,11 @@ pub fn list(
     while let Some(e) = state.next_entry()? {
         each(ListedPath {
             path: e.index.display(),
+            path_bytes: if e.index.is_root() {
+                b".".to_vec()
+            } else {
+                e.index.as_bytes().to_vec()
+            },
             kind: kind_name(e.meta.kind),
             mode: format!("{:04o}", e.meta.perms),
             uid: e.meta.uid,
@@ -242,8 +250,10 @@ pub fn list(
 }
 
 impl ListedPath {
-    /// One line like `duplicity list-current-files` (time, then path).
-    pub fn render(&self) -> String {
-        format!("{} {}", human_time(self.mtime), self.path)
+    /// One line like `duplicity list-current-files` (time, then the raw path bytes).
+    pub fn render_bytes(&self) -> Vec<u8> {
+        let mut v = format!("{} ", human_time(self.mtime)).into_bytes();
+        v.extend_from_slice(&self.path_bytes);
+        v
     }
 }
