@@ -688,6 +688,38 @@ impl StagingSink {
         set_mtime(path, meta.mtime, false)
     }
 
+    /// [`Self::apply_meta`] for a regular file still open.
+    fn apply_meta_fd(&mut self, f: &File, meta: &FileMeta) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if self.restore_owner {
+            let (uid, gid) = if self.numeric_owner {
+                (meta.uid, meta.gid)
+            } else {
+                (
+                    self.owners.local_uid(&meta.uname, meta.uid),
+                    self.owners.local_gid(&meta.gname, meta.gid),
+                )
+            };
+            std::os::unix::fs::fchown(f, Some(uid as u32), Some(gid as u32))?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(meta.perms))?;
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            libc::timespec {
+                tv_sec: meta.mtime as libc::time_t,
+                tv_nsec: 0,
+            },
+        ];
+        // SAFETY: a valid open descriptor and a 2-element timespec array.
+        if unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn close_dirs_until(&mut self, index: Option<&Index>) -> Result<()> {
         while let Some((di, _, _)) = self.dirs.last() {
             if index.is_some_and(|i| i.starts_with(di) && i != di) {
@@ -798,17 +830,17 @@ impl TreeSink for StagingSink {
                     std::fs::rename(&scratch, &path).map_err(io_err)?;
                 }
                 Content::Stream(r) => {
-                    let f = std::fs::OpenOptions::new()
+                    let mut f = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .custom_flags(libc::O_NOFOLLOW)
                         .mode(0o600)
                         .open(&path)
                         .map_err(io_err)?;
-                    let mut w = io::BufWriter::with_capacity(1 << 20, f);
                     if self.buf.is_empty() {
                         self.buf = vec![0u8; 1 << 20];
                     }
+                    // Reads come in large pieces already: write them straight through.
                     loop {
                         let n = match r.read(&mut self.buf) {
                             Ok(0) => break,
@@ -816,9 +848,10 @@ impl TreeSink for StagingSink {
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                             Err(e) => return Err(EngineError::from_object_io(&index.display(), e)),
                         };
-                        w.write_all(&self.buf[..n]).map_err(io_err)?;
+                        f.write_all(&self.buf[..n]).map_err(io_err)?;
                     }
-                    w.flush().map_err(io_err)?;
+                    // Metadata through the open descriptor: no more path lookups.
+                    return self.apply_meta_fd(&f, meta).map_err(io_err);
                 }
                 Content::None => {
                     File::create(&path).map_err(io_err)?;
