@@ -19,7 +19,7 @@ use flotilla_common::archive::entry::{EntryKind, EntryName};
 use flotilla_common::archive::manifest::{Change, Manifest, format_filelist_line};
 use flotilla_common::archive::names::{ObjectKind, SetTimes};
 use flotilla_common::archive::rsync::{BasisSignature, DeltaWriter, SignatureBuilder};
-use flotilla_common::archive::tarfmt::{TarHeader, TarWriter};
+use flotilla_common::archive::tarfmt::{TarHeader, TarWriter, read_full as fill};
 use flotilla_common::archive::{Collection, FileKind, FileMeta, Index, PIECE_SIZE};
 use flotilla_common::crypto::DecryptionKeys;
 use serde::Serialize;
@@ -105,20 +105,6 @@ fn now_f64() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// Reads into `buf` until it is full or the file ends.
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Cuts a content stream (file data or a delta) into entries: one `snapshot/`/`diff/`

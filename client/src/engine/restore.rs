@@ -671,14 +671,7 @@ impl StagingSink {
 
     fn apply_meta(&mut self, path: &Path, meta: &FileMeta) -> io::Result<()> {
         if self.restore_owner {
-            let (uid, gid) = if self.numeric_owner {
-                (meta.uid, meta.gid)
-            } else {
-                (
-                    self.owners.local_uid(&meta.uname, meta.uid),
-                    self.owners.local_gid(&meta.gname, meta.gid),
-                )
-            };
+            let (uid, gid) = self.owner_ids(meta);
             lchown(path, uid, gid)?;
         }
         if meta.kind == FileKind::Symlink {
@@ -688,18 +681,24 @@ impl StagingSink {
         set_mtime(path, meta.mtime, false)
     }
 
+    /// The local owner of a restored path: by name first (like duplicity), unless
+    /// `--numeric-owner`.
+    fn owner_ids(&mut self, meta: &FileMeta) -> (u64, u64) {
+        if self.numeric_owner {
+            (meta.uid, meta.gid)
+        } else {
+            (
+                self.owners.local_uid(&meta.uname, meta.uid),
+                self.owners.local_gid(&meta.gname, meta.gid),
+            )
+        }
+    }
+
     /// [`Self::apply_meta`] for a regular file still open.
     fn apply_meta_fd(&mut self, f: &File, meta: &FileMeta) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         if self.restore_owner {
-            let (uid, gid) = if self.numeric_owner {
-                (meta.uid, meta.gid)
-            } else {
-                (
-                    self.owners.local_uid(&meta.uname, meta.uid),
-                    self.owners.local_gid(&meta.gname, meta.gid),
-                )
-            };
+            let (uid, gid) = self.owner_ids(meta);
             std::os::unix::fs::fchown(f, Some(uid as u32), Some(gid as u32))?;
         }
         f.set_permissions(std::fs::Permissions::from_mode(meta.perms))?;

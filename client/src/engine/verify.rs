@@ -9,6 +9,7 @@ use super::owners::Owners;
 use super::restore::{Content, TreeSink, TreeStats, plan, reconstruct};
 use super::select::Selection;
 use super::walk::{SourceEntry, Walker};
+use flotilla_common::archive::tarfmt::read_full;
 use flotilla_common::archive::{FileKind, FileMeta, Index};
 use flotilla_common::crypto::DecryptionKeys;
 use serde::Serialize;
@@ -159,19 +160,6 @@ impl CompareSink {
             offset += n as u64;
         }
     }
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 impl TreeSink for CompareSink {
