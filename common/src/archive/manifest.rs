@@ -334,4 +334,26 @@ mod tests {
         assert!(!v.may_contain(&Index::parse(b"c").unwrap()));
         assert!(v.may_contain(&Index::root()));
     }
+
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..5000 {
+            let mut v = OBSERVED.as_bytes().to_vec();
+            for _ in 0..(next() % 8) {
+                let i = (next() as usize) % v.len();
+                v[i] = (next() >> 24) as u8;
+            }
+            let cut = (next() as usize) % (v.len() + 1);
+            let _ = Manifest::parse(&v[..cut]);
+            let junk: Vec<u8> = (0..(next() % 300)).map(|_| (next() >> 16) as u8).collect();
+            let _ = Manifest::parse(&junk);
+        }
+    }
 }

@@ -443,4 +443,57 @@ mod tests {
         let n = ObjectName::parse("di.tovwrw.tovwrz.m.g").unwrap();
         assert_eq!(n.kind, ObjectKind::Manifest);
     }
+
+    #[test]
+    fn arbitrary_names_never_panic() {
+        let pieces = [
+            "duplicity-",
+            "full",
+            "inc",
+            ".",
+            "to",
+            "vol",
+            "difftar",
+            "manifest",
+            "sigtar",
+            "signatures",
+            "new-",
+            "gpg",
+            "gz",
+            "part",
+            "20231114T221320Z",
+            "0",
+            "99999999999999999999",
+            "df",
+            "di",
+            "dfs",
+            "dns",
+            "dt",
+            "st",
+            "m",
+            "g",
+            "z",
+            "p",
+            "-",
+            "T",
+            "é",
+            "#",
+        ];
+        let mut seed = 42u64;
+        for _ in 0..20_000 {
+            let mut name = String::new();
+            for _ in 0..(seed % 9) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                name.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
+            }
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            if let Some(n) = ObjectName::parse(&name) {
+                // whatever parses formats to a name that parses to the same set and kind
+                let again = ObjectName::parse(&n.format()).expect("formatted names parse");
+                assert_eq!((again.set, again.kind), (n.set, n.kind), "{name}");
+            }
+        }
+    }
 }
