@@ -853,7 +853,13 @@ impl TreeSink for StagingSink {
                     return self.apply_meta_fd(&f, meta).map_err(io_err);
                 }
                 Content::None => {
-                    File::create(&path).map_err(io_err)?;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .mode(0o600)
+                        .open(&path)
+                        .map_err(io_err)?;
                 }
             },
             FileKind::Symlink => {
