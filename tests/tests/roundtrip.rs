@@ -308,3 +308,80 @@ fn full_if_older_than_starts_a_new_chain() {
     let v: serde_json::Value = serde_json::from_str(&st.stdout_str()).unwrap();
     assert_eq!(v["chains"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn retention_deletes_whole_old_chains_only_when_forced() {
+    let env = AgentEnv::new();
+    let src = env.path("src");
+    // explicit mtimes: like duplicity, a change within the same second with the same
+    // mode and owner is not seen (size is not compared)
+    TreeBuilder::new(&src).file_with("x", b"one", 0o644, 1_600_000_000);
+    // chain 1: full + incremental; chain 2: full; chain 3: full + incremental
+    env.backup(&src, &["--current-time", "1700000000"])
+        .assert_success();
+    TreeBuilder::new(&src).file_with("x", b"two", 0o644, 1_600_000_001);
+    env.backup(&src, &["--current-time", "1700000100"])
+        .assert_success();
+    env.backup(&src, &["--full", "--current-time", "1700001000"])
+        .assert_success();
+    env.backup(&src, &["--full", "--current-time", "1700002000"])
+        .assert_success();
+    TreeBuilder::new(&src).file_with("x", b"three", 0o644, 1_600_000_002);
+    env.backup(&src, &["--current-time", "1700002100"])
+        .assert_success();
+    let before = env.objects();
+    let chains = |env: &AgentEnv| {
+        let st = env.cmd().args(["status", "--json"]).arg(env.url()).run_ok();
+        let v: serde_json::Value = serde_json::from_str(&st.stdout_str()).unwrap();
+        v["chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["start"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        chains(&env),
+        vec![1_700_000_000, 1_700_001_000, 1_700_002_000]
+    );
+
+    // dry run: lists the oldest chain (both of its sets), deletes nothing
+    let dry = env
+        .cmd()
+        .args(["remove-all-but-n-full", "2"])
+        .arg(env.url())
+        .run_ok();
+    dry.assert_output_contains("20231114T221320Z")
+        .assert_output_contains("Dry run");
+    assert_eq!(env.objects(), before);
+    env.cmd()
+        .args(["remove-all-but-n-full", "2", "--force"])
+        .arg(env.url())
+        .run_ok();
+    assert_eq!(chains(&env), vec![1_700_001_000, 1_700_002_000]);
+    assert!(
+        env.objects()
+            .iter()
+            .all(|n| !n.contains("20231114T221320Z")),
+        "{:?}",
+        env.objects()
+    );
+
+    // remove-older-than a time after every chain: the latest chain is never deleted
+    env.cmd()
+        .args(["remove-older-than", "1800000000", "--force"])
+        .arg(env.url())
+        .run_ok();
+    assert_eq!(chains(&env), vec![1_700_002_000]);
+    let t = env.path("r");
+    env.restore(&t, &[]).assert_success();
+    assert_eq!(std::fs::read(t.join("x")).unwrap(), b"three");
+    let t1 = env.path("r1");
+    env.restore(&t1, &["--time", "1700002000"]).assert_success();
+    assert_eq!(std::fs::read(t1.join("x")).unwrap(), b"two");
+    env.cmd()
+        .args(["remove-all-but-n-full", "0"])
+        .arg(env.url())
+        .run()
+        .assert_failure();
+}
