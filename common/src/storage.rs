@@ -15,7 +15,7 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Handle;
@@ -463,13 +463,6 @@ pub fn open_blocking(url: &str, rt: Handle) -> Result<BlockingStore, StorageErro
     let Destination::File { path } = &dest;
     b.local_dir = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
     Ok(b)
-}
-
-/// Directory part of a `file://` destination (for messages).
-pub fn local_path(dest: &Destination) -> Option<&Path> {
-    match dest {
-        Destination::File { path } => Some(path),
-    }
 }
 
 #[cfg(test)]

@@ -348,7 +348,6 @@ impl Run<'_> {
             ));
             self.stats.errors += 1;
         }
-        let _ = file.rewind();
         Ok(Stored::Done {
             signature: sig.finish(),
             len: if basis.is_some() { content_len } else { len },

@@ -13,7 +13,6 @@ use super::codec::open_object;
 use super::error::{EngineError, Result};
 use super::owners::Owners;
 use flotilla_common::archive::entry::{EntryKind, EntryName};
-use flotilla_common::archive::names::SetTimes;
 use flotilla_common::archive::rsync::apply_delta;
 use flotilla_common::archive::tarfmt::{self, TarHeader, TarReader};
 use flotilla_common::archive::{
@@ -166,16 +165,8 @@ fn spawn_feed(
 /// SHA-1 of an object's stored bytes (`None` if it cannot be read).
 fn stored_sha1(store: &BlockingStore, name: &str) -> Option<String> {
     use sha1::{Digest, Sha1};
-    let mut r = store.get(name).ok()?;
     let mut h = Sha1::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => h.update(&buf[..n]),
-            Err(_) => return None,
-        }
-    }
+    io::copy(&mut store.get(name).ok()?, &mut h).ok()?;
     Some(super::codec::hex(&h.finalize()))
 }
 
@@ -829,13 +820,7 @@ impl TreeSink for StagingSink {
                     std::fs::rename(&scratch, &path).map_err(io_err)?;
                 }
                 Content::Stream(r) => {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .mode(0o600)
-                        .open(&path)
-                        .map_err(io_err)?;
+                    let mut f = create_new_file(&path).map_err(io_err)?;
                     if self.buf.is_empty() {
                         self.buf = vec![0u8; 1 << 20];
                     }
@@ -853,13 +838,7 @@ impl TreeSink for StagingSink {
                     return self.apply_meta_fd(&f, meta).map_err(io_err);
                 }
                 Content::None => {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .mode(0o600)
-                        .open(&path)
-                        .map_err(io_err)?;
+                    create_new_file(&path).map_err(io_err)?;
                 }
             },
             FileKind::Symlink => {
@@ -891,6 +870,26 @@ impl TreeSink for StagingSink {
         }
         self.apply_meta(&path, meta)
             .map_err(|e| EngineError::io(&path, e))
+    }
+}
+
+/// A new file, never through a symlink, owner-only until its metadata is set.
+fn create_new_file(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Removes whatever is at `path` (a directory with its contents); absent is fine.
+fn remove_any(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -992,15 +991,8 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                 for e in rd {
                     let e = e.map_err(|e| EngineError::io(&root_path, e))?;
                     let dest = target.join(e.file_name());
-                    if opts.force
-                        && let Ok(md) = std::fs::symlink_metadata(&dest)
-                    {
-                        let r = if md.is_dir() {
-                            std::fs::remove_dir_all(&dest)
-                        } else {
-                            std::fs::remove_file(&dest)
-                        };
-                        r.map_err(|e| EngineError::io(&dest, e))?;
+                    if opts.force {
+                        remove_any(&dest).map_err(|e| EngineError::io(&dest, e))?;
                     }
                     std::fs::rename(e.path(), &dest).map_err(|e| EngineError::io(&dest, e))?;
                 }
@@ -1045,14 +1037,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                             dest.display()
                         )));
                     }
-                    let md =
-                        std::fs::symlink_metadata(&dest).map_err(|e| EngineError::io(&dest, e))?;
-                    let r = if md.is_dir() {
-                        std::fs::remove_dir_all(&dest)
-                    } else {
-                        std::fs::remove_file(&dest)
-                    };
-                    r.map_err(|e| EngineError::io(&dest, e))?;
+                    remove_any(&dest).map_err(|e| EngineError::io(&dest, e))?;
                 }
                 std::fs::rename(&root_path, &dest).map_err(|e| EngineError::io(&dest, e))?;
             }
@@ -1078,9 +1063,4 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
             Err(e)
         }
     }
-}
-
-/// The set times of a plan, for messages.
-pub fn describe_sets(plan: &RestorePlan) -> Vec<SetTimes> {
-    plan.sets.iter().map(|(s, _)| s.times).collect()
 }

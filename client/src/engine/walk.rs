@@ -8,7 +8,7 @@ use super::select::Selection;
 use flotilla_common::archive::{FileKind, FileMeta, Index};
 use std::ffi::OsStr;
 use std::fs::Metadata;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -85,8 +85,6 @@ pub fn meta_of(path: &Path, md: &Metadata, owners: &mut Owners) -> Option<FileMe
         devminor,
     })
 }
-
-use std::os::unix::ffi::OsStringExt;
 
 impl Walker {
     /// `root` must be an absolute, canonical directory. Paths in `skip` (e.g. the local
