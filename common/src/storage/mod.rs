@@ -9,6 +9,13 @@
 //! a tokio runtime handle from those threads. It must not be used from inside the
 //! runtime's own worker threads.
 
+pub mod retry;
+pub mod secret;
+pub mod swift;
+
+pub use retry::RetryPolicy;
+pub use secret::Secret;
+
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use object_store::buffered::BufWriter;

@@ -1,0 +1,1 @@
+//! OpenStack Swift as an `object_store::ObjectStore` (being written).
