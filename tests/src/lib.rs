@@ -19,6 +19,7 @@ pub mod bins;
 pub mod duplicity;
 pub mod fixture;
 pub mod gpg;
+pub mod stores;
 pub mod tree;
 
 pub use bins::{Cmd, CmdOutput, agent_bin, coordinator_bin};

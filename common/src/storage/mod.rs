@@ -1,30 +1,37 @@
-//! Destinations: URLs to `object_store::ObjectStore`s, and a blocking facade for the
-//! engine's worker threads.
+//! Destinations: URLs to `object_store::ObjectStore`s, credentials, and a blocking
+//! facade for the engine's worker threads.
 //!
-//! `file:///abs/dir` (or duplicity's `file://relative/dir`) is object_store's local file
-//! system. `azure://` and `swift://` are added with the storage work.
+//! * `file:///abs/dir` (or duplicity's `file://relative/dir`): object_store's local
+//!   file system.
+//! * `azure://CONTAINER[/PREFIX]`: object_store's Azure Blob Storage client
+//!   ([`azure`] reads the account from the environment or a connection string).
+//! * `swift://CONTAINER[/PREFIX]`: our own OpenStack Swift client ([`swift`]).
+//!
+//! Agents normally hold no account credentials: they get a [`scoped::ScopedCredential`]
+//! minted for one container and one kind of job.
 //!
 //! The engine is synchronous code running on its own threads (tar building, compression
 //! and encryption are CPU work); [`BlockingStore`] runs the async object_store calls on
 //! a tokio runtime handle from those threads. It must not be used from inside the
 //! runtime's own worker threads.
 
+pub mod azure;
+mod blocking;
 pub mod retry;
+pub mod scoped;
 pub mod secret;
 pub mod swift;
 
+pub use blocking::{BlockingStore, ListedObject, ObjectReader, ObjectWriter};
 pub use retry::RetryPolicy;
+pub use scoped::{Access, ScopedCredential};
 pub use secret::Secret;
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use object_store::buffered::BufWriter;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
-use std::io::{self, Read, Write};
+use object_store::ObjectStore;
+use object_store::prefix::PrefixStore;
+use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
+use std::sync::{Arc, Once};
 use tokio::runtime::Handle;
 
 /// What went wrong with a destination. [`StorageError::is_retryable`] says whether
@@ -33,13 +40,19 @@ use tokio::runtime::Handle;
 pub enum StorageError {
     #[error("bad destination URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("unsupported destination scheme {scheme:?} in {url:?} (supported: file://)")]
+    #[error(
+        "unsupported destination scheme {scheme:?} in {url:?} (supported: file://, azure://, swift://)"
+    )]
     UnsupportedScheme { scheme: String, url: String },
+    #[error("{destination}: no credentials: {hint}")]
+    MissingCredentials { destination: String, hint: String },
+    #[error("{destination}: unusable credentials: {reason}")]
+    BadCredentials { destination: String, reason: String },
     #[error("{destination}: object {name} not found")]
     NotFound { destination: String, name: String },
     #[error("{destination}: object {name} already exists")]
     AlreadyExists { destination: String, name: String },
-    #[error("{destination}: access denied for {name} (check the credentials): {error}")]
+    #[error("{destination}: the store refused access to {name:?} (a credentials problem): {error}")]
     Denied {
         destination: String,
         name: String,
@@ -63,18 +76,11 @@ pub enum StorageError {
 
 impl StorageError {
     /// True when the same request may succeed later (network trouble, server errors).
+    /// False for what only a person can fix: bad URLs, credentials, missing objects.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StorageError::Backend { error, .. } => {
-                matches!(**error, object_store::Error::Generic { .. })
-            }
-            StorageError::Io { error, .. } => matches!(
-                error.kind(),
-                io::ErrorKind::TimedOut
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::Interrupted
-            ),
+            StorageError::Backend { error, .. } => object_store_error_is_retryable(error),
+            StorageError::Io { error, .. } => io_error_is_retryable(error),
             _ => false,
         }
     }
@@ -83,10 +89,63 @@ impl StorageError {
         let kind = match &self {
             StorageError::NotFound { .. } => io::ErrorKind::NotFound,
             StorageError::Denied { .. } => io::ErrorKind::PermissionDenied,
+            StorageError::Io { error, .. } => error.kind(),
+            e if e.is_retryable() => io::ErrorKind::TimedOut,
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, self)
     }
+}
+
+fn io_error_is_retryable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Whether an object_store error is transient: network failures, timeouts and server
+/// errors are; answers about the request itself (404, 403, 400, ...) are not.
+pub fn object_store_error_is_retryable(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match e {
+        E::Generic { source, .. } => {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+            while let Some(err) = cur {
+                // SWIFT-PENDING: downcast swift::SwiftError
+                if let Some(h) = err.downcast_ref::<object_store::client::HttpError>() {
+                    use object_store::client::HttpErrorKind as K;
+                    return matches!(h.kind(), K::Connect | K::Request | K::Timeout | K::Interrupted);
+                }
+                if let Some(io) = err.downcast_ref::<io::Error>() {
+                    return io_error_is_retryable(io);
+                }
+                // object_store's retry error is not nameable; its text carries the status.
+                let text = err.to_string();
+                if text.contains("status code: 5") || text.contains("error response: 5") {
+                    return true;
+                }
+                cur = err.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// Installs rustls' ring provider as the process default once (reqwest is built
+/// without a provider so that only ring is compiled in).
+pub fn ensure_tls_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// A parsed destination URL.
@@ -94,6 +153,32 @@ impl StorageError {
 pub enum Destination {
     /// A local directory.
     File { path: PathBuf },
+    /// A container in an Azure storage account, optionally a "directory" inside it.
+    Azure { container: String, prefix: String },
+    /// A Swift container, optionally a pseudo-directory inside it.
+    Swift { container: String, prefix: String },
+}
+
+/// Which credentials open a destination.
+#[derive(Clone, Debug, Default)]
+pub enum Credentials {
+    /// Account credentials from the environment (duplicity's and object_store's names;
+    /// see [`azure::AzureAccount::from_lookup`] and [`swift::SwiftConfig::from_env`]).
+    #[default]
+    FromEnvironment,
+    /// Explicit Azure account credentials.
+    Azure(azure::AzureAccount),
+    /// Explicit Swift credentials.
+    // SWIFT-PENDING: Swift(swift::SwiftAuth),
+    /// A credential minted for one container and one kind of job.
+    Scoped(ScopedCredential),
+}
+
+/// How to open a destination.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    pub credentials: Credentials,
+    pub retry: RetryPolicy,
 }
 
 impl Destination {
@@ -103,7 +188,10 @@ impl Destination {
             reason: reason.to_string(),
         };
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(bad("expected SCHEME://..., e.g. file:///var/backups/host"));
+            return Err(bad(
+                "expected SCHEME://..., e.g. file:///var/backups/host, azure://container, \
+                 swift://container/prefix",
+            ));
         };
         match scheme {
             "file" => {
@@ -115,6 +203,31 @@ impl Destination {
                     path: PathBuf::from(rest),
                 })
             }
+            "azure" | "swift" => {
+                let rest = rest.trim_end_matches('/');
+                let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if container.is_empty() {
+                    return Err(bad("no container given"));
+                }
+                if prefix.split('/').any(|p| p == "." || p == ".." || p.is_empty()) && !prefix.is_empty() {
+                    return Err(bad("the prefix has an empty, '.' or '..' part"));
+                }
+                if scheme == "azure" {
+                    check_azure_container_name(container).map_err(|r| bad(&r))?;
+                    Ok(Destination::Azure {
+                        container: container.to_string(),
+                        prefix: prefix.to_string(),
+                    })
+                } else {
+                    if container.len() > 256 {
+                        return Err(bad("Swift container names are at most 256 bytes"));
+                    }
+                    Ok(Destination::Swift {
+                        container: container.to_string(),
+                        prefix: prefix.to_string(),
+                    })
+                }
+            }
             other => Err(StorageError::UnsupportedScheme {
                 scheme: other.to_string(),
                 url: url.to_string(),
@@ -122,11 +235,31 @@ impl Destination {
         }
     }
 
-    /// Opens the destination, creating a local directory if needed.
-    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    /// The container of a remote destination.
+    pub fn container(&self) -> Option<&str> {
         match self {
+            Destination::File { .. } => None,
+            Destination::Azure { container, .. } | Destination::Swift { container, .. } => {
+                Some(container)
+            }
+        }
+    }
+
+    /// The prefix inside the container ("" for none).
+    pub fn prefix(&self) -> &str {
+        match self {
+            Destination::File { .. } => "",
+            Destination::Azure { prefix, .. } | Destination::Swift { prefix, .. } => prefix,
+        }
+    }
+
+    /// Opens the destination, creating a local directory if needed. Remote containers
+    /// must exist (see [`Destination::create_container`]).
+    pub fn open(&self, options: &OpenOptions) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        ensure_tls_provider();
+        let label = self.to_string();
+        let store: Arc<dyn ObjectStore> = match self {
             Destination::File { path } => {
-                let label = self.to_string();
                 std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
                     destination: label.clone(),
                     operation: "create directory",
@@ -147,10 +280,52 @@ impl Destination {
                         error: Box::new(source),
                     },
                 )?;
-                Ok(Arc::new(fs))
+                return Ok(Arc::new(fs));
             }
+            Destination::Azure { container, .. } => {
+                let account = match &options.credentials {
+                    Credentials::FromEnvironment => azure::AzureAccount::from_env()?,
+                    Credentials::Azure(a) => a.clone(),
+                    Credentials::Scoped(c) => c.azure_account_for(self)?,
+                    // SWIFT-PENDING: Credentials::Swift(_) => return Err(self.wrong_credentials("Swift")),
+                };
+                Arc::new(account.open(container, &options.retry)?)
+            }
+            Destination::Swift { .. } => swift_open(self, options)?,
+        };
+        let prefix = self.prefix();
+        Ok(if prefix.is_empty() {
+            store
+        } else {
+            Arc::new(PrefixStore::new(store, prefix))
+        })
+    }
+
+    fn wrong_credentials(&self, kind: &str) -> StorageError {
+        StorageError::BadCredentials {
+            destination: self.to_string(),
+            reason: format!("{kind} credentials given for this destination"),
         }
     }
+}
+
+/// Azure's container naming rules, checked up front for a clear message.
+fn check_azure_container_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !(3..=63).contains(&name.len())
+        || !ok_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+        || name.contains("--")
+    {
+        return Err(format!(
+            "Azure container name {name:?} must be 3-63 characters of lowercase letters, \
+             digits and single hyphens, starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for Destination {
@@ -158,317 +333,42 @@ impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Destination::File { path } => write!(f, "file://{}", path.display()),
-        }
-    }
-}
-
-/// Listing entry.
-#[derive(Clone, Debug)]
-pub struct ListedObject {
-    pub name: String,
-    pub size: u64,
-}
-
-/// Synchronous access to a store for the engine's threads.
-#[derive(Clone)]
-pub struct BlockingStore {
-    store: Arc<dyn ObjectStore>,
-    rt: Handle,
-    label: String,
-    /// For `file://`: the directory, listed directly (object_store's listing fails on
-    /// a single foreign file with a non-UTF-8 name, and hides staging files).
-    local_dir: Option<PathBuf>,
-}
-
-/// Size of the pieces handed to the object store writer.
-const WRITE_CHUNK: usize = 1 << 20;
-/// Multipart part size / single-put threshold.
-const UPLOAD_BUFFER: usize = 8 << 20;
-
-impl BlockingStore {
-    pub fn new(store: Arc<dyn ObjectStore>, rt: Handle, label: impl Into<String>) -> Self {
-        BlockingStore {
-            store,
-            rt,
-            label: label.into(),
-            local_dir: None,
-        }
-    }
-
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
-    fn map_err(&self, operation: &'static str, name: &str, e: object_store::Error) -> StorageError {
-        let destination = self.label.clone();
-        let name = name.to_string();
-        match e {
-            object_store::Error::NotFound { .. } => StorageError::NotFound { destination, name },
-            object_store::Error::AlreadyExists { .. } => {
-                StorageError::AlreadyExists { destination, name }
+            Destination::Azure { container, prefix } if prefix.is_empty() => {
+                write!(f, "azure://{container}")
             }
-            e @ (object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }) => StorageError::Denied {
-                destination,
-                name,
-                error: Box::new(e),
-            },
-            source => StorageError::Backend {
-                destination,
-                operation,
-                name,
-                error: Box::new(source),
-            },
-        }
-    }
-
-    /// Objects at the top level of the destination (names only, no "directories").
-    pub fn list(&self) -> Result<Vec<ListedObject>, StorageError> {
-        if let Some(dir) = &self.local_dir {
-            let io_err = |error| StorageError::Io {
-                destination: self.label.clone(),
-                operation: "list",
-                name: dir.display().to_string(),
-                error,
-            };
-            let mut out = Vec::new();
-            for e in std::fs::read_dir(dir).map_err(io_err)? {
-                let e = e.map_err(io_err)?;
-                // Names that are not UTF-8 are never ours; skip them like other foreign files.
-                let Ok(name) = e.file_name().into_string() else {
-                    continue;
-                };
-                match e.metadata() {
-                    Ok(md) if md.is_file() => out.push(ListedObject {
-                        name,
-                        size: md.len(),
-                    }),
-                    _ => {}
-                }
+            Destination::Azure { container, prefix } => write!(f, "azure://{container}/{prefix}"),
+            Destination::Swift { container, prefix } if prefix.is_empty() => {
+                write!(f, "swift://{container}")
             }
-            return Ok(out);
-        }
-        let store = self.store.clone();
-        let res = self
-            .rt
-            .block_on(async move { store.list_with_delimiter(None).await })
-            .map_err(|e| self.map_err("list", "", e))?;
-        Ok(res
-            .objects
-            .into_iter()
-            .map(|m| ListedObject {
-                name: m.location.filename().unwrap_or_default().to_string(),
-                size: m.size,
-            })
-            .collect())
-    }
-
-    /// A streaming reader of one object.
-    pub fn get(&self, name: &str) -> Result<ObjectReader, StorageError> {
-        let store = self.store.clone();
-        let path = ObjectPath::from(name);
-        let res = self
-            .rt
-            .block_on(async move { store.get(&path).await })
-            .map_err(|e| self.map_err("get", name, e))?;
-        Ok(ObjectReader {
-            stream: res.into_stream(),
-            rt: self.rt.clone(),
-            current: Bytes::new(),
-            label: self.label.clone(),
-            name: name.to_string(),
-        })
-    }
-
-    /// The whole object in memory (for manifests and other small objects).
-    pub fn get_bytes(&self, name: &str) -> Result<Vec<u8>, StorageError> {
-        let mut out = Vec::new();
-        self.get(name)?
-            .read_to_end(&mut out)
-            .map_err(|source| StorageError::Io {
-                destination: self.label.clone(),
-                operation: "read",
-                name: name.to_string(),
-                error: source,
-            })?;
-        Ok(out)
-    }
-
-    /// A writer that uploads one object; it appears only when [`ObjectWriter::finish`]
-    /// succeeds (dropping the writer aborts the upload).
-    pub fn put_writer(&self, name: &str) -> ObjectWriter {
-        let w = BufWriter::with_capacity(self.store.clone(), ObjectPath::from(name), UPLOAD_BUFFER)
-            .with_max_concurrency(4);
-        ObjectWriter {
-            inner: Some(w),
-            rt: self.rt.clone(),
-            buf: BytesMut::with_capacity(WRITE_CHUNK),
-            label: self.label.clone(),
-            name: name.to_string(),
-            bytes: 0,
-        }
-    }
-
-    pub fn put_bytes(&self, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
-        let store = self.store.clone();
-        let path = ObjectPath::from(name);
-        self.rt
-            .block_on(async move { store.put(&path, data.into()).await })
-            .map_err(|e| self.map_err("put", name, e))?;
-        Ok(())
-    }
-
-    pub fn delete(&self, name: &str) -> Result<(), StorageError> {
-        if let Some(dir) = self.local_dir.as_ref().filter(|_| !name.contains('/')) {
-            // Directly, so that names object_store would encode (`x#1` staging files) work.
-            return match std::fs::remove_file(dir.join(name)) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
-                    destination: self.label.clone(),
-                    name: name.to_string(),
-                }),
-                Err(error) => Err(StorageError::Io {
-                    destination: self.label.clone(),
-                    operation: "delete",
-                    name: name.to_string(),
-                    error,
-                }),
-            };
-        }
-        let store = self.store.clone();
-        let path = ObjectPath::from(name);
-        self.rt
-            .block_on(async move { store.delete(&path).await })
-            .map_err(|e| self.map_err("delete", name, e))
-    }
-}
-
-/// Streaming download; see [`BlockingStore::get`].
-pub struct ObjectReader {
-    stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
-    rt: Handle,
-    current: Bytes,
-    label: String,
-    name: String,
-}
-
-impl Read for ObjectReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rt.block_on(self.stream.next()) {
-                None => return Ok(0),
-                Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => {
-                    return Err(StorageError::Backend {
-                        destination: self.label.clone(),
-                        operation: "read",
-                        name: self.name.clone(),
-                        error: Box::new(e),
-                    }
-                    .into_io());
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
-    }
-}
-
-/// Streaming upload; see [`BlockingStore::put_writer`].
-pub struct ObjectWriter {
-    inner: Option<BufWriter>,
-    rt: Handle,
-    buf: BytesMut,
-    label: String,
-    name: String,
-    bytes: u64,
-}
-
-impl ObjectWriter {
-    fn push(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = self.buf.split().freeze();
-        let w = self.inner.as_mut().expect("writer used after finish");
-        self.rt.block_on(w.put(chunk)).map_err(|e| {
-            StorageError::Backend {
-                destination: self.label.clone(),
-                operation: "upload",
-                name: self.name.clone(),
-                error: Box::new(e),
-            }
-            .into_io()
-        })
-    }
-
-    /// Bytes written so far.
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes
-    }
-
-    /// Completes the upload; the object exists once this returns `Ok`.
-    pub fn finish(mut self) -> io::Result<u64> {
-        self.push()?;
-        let mut w = self.inner.take().expect("finish called once");
-        let rt = self.rt.clone();
-        match rt.block_on(w.shutdown()) {
-            Ok(()) => Ok(self.bytes),
-            Err(e) => {
-                let _ = rt.block_on(w.abort());
-                Err(io::Error::new(
-                    e.kind(),
-                    format!("{}: upload {}: {e}", self.label, self.name),
-                ))
-            }
-        }
-    }
-
-    /// Gives up the upload; nothing is left behind.
-    pub fn abort(mut self) {
-        if let Some(mut w) = self.inner.take() {
-            let _ = self.rt.block_on(w.abort());
+            Destination::Swift { container, prefix } => write!(f, "swift://{container}/{prefix}"),
         }
     }
 }
 
-impl Write for ObjectWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        self.bytes += data.len() as u64;
-        if self.buf.len() >= WRITE_CHUNK {
-            self.push()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+fn swift_open(dest: &Destination, _options: &OpenOptions) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    Err(StorageError::UnsupportedScheme {
+        scheme: "swift".into(),
+        url: dest.to_string(),
+    })
 }
 
-impl Drop for ObjectWriter {
-    fn drop(&mut self) {
-        if let Some(mut w) = self.inner.take() {
-            let _ = self.rt.block_on(w.abort());
-        }
-    }
+/// Opens a destination URL for blocking use with credentials from the environment.
+pub fn open_blocking(url: &str, rt: Handle) -> Result<BlockingStore, StorageError> {
+    open_blocking_with(url, &OpenOptions::default(), rt)
 }
 
 /// Opens a destination URL for blocking use.
-pub fn open_blocking(url: &str, rt: Handle) -> Result<BlockingStore, StorageError> {
+pub fn open_blocking_with(
+    url: &str,
+    options: &OpenOptions,
+    rt: Handle,
+) -> Result<BlockingStore, StorageError> {
     let dest = Destination::parse(url)?;
-    let store = dest.open()?;
+    let store = dest.open(options)?;
     let mut b = BlockingStore::new(store, rt, dest.to_string());
-    // Only local directories so far; remote destinations will leave this unset.
-    let Destination::File { path } = &dest;
-    b.local_dir = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
+    if let Destination::File { path } = &dest {
+        b.set_local_dir(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
+    }
     Ok(b)
 }
 

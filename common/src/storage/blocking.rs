@@ -1,0 +1,318 @@
+//! Synchronous access to an object store for the engine's worker threads.
+
+use super::StorageError;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::runtime::Handle;
+
+/// Listing entry.
+#[derive(Clone, Debug)]
+pub struct ListedObject {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Synchronous access to a store for the engine's threads.
+#[derive(Clone)]
+pub struct BlockingStore {
+    store: Arc<dyn ObjectStore>,
+    rt: Handle,
+    label: String,
+    /// For `file://`: the directory, listed directly (object_store's listing fails on
+    /// a single foreign file with a non-UTF-8 name, and hides staging files).
+    local_dir: Option<PathBuf>,
+}
+
+/// Size of the pieces handed to the object store writer.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Multipart part size / single-put threshold.
+const UPLOAD_BUFFER: usize = 8 << 20;
+
+impl BlockingStore {
+    pub fn new(store: Arc<dyn ObjectStore>, rt: Handle, label: impl Into<String>) -> Self {
+        BlockingStore {
+            store,
+            rt,
+            label: label.into(),
+            local_dir: None,
+        }
+    }
+
+    /// Lists this local directory directly instead of through object_store.
+    pub(super) fn set_local_dir(&mut self, dir: PathBuf) {
+        self.local_dir = Some(dir);
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    fn map_err(&self, operation: &'static str, name: &str, e: object_store::Error) -> StorageError {
+        let destination = self.label.clone();
+        let name = name.to_string();
+        match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { destination, name },
+            object_store::Error::AlreadyExists { .. } => {
+                StorageError::AlreadyExists { destination, name }
+            }
+            e @ (object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }) => StorageError::Denied {
+                destination,
+                name,
+                error: Box::new(e),
+            },
+            source => StorageError::Backend {
+                destination,
+                operation,
+                name,
+                error: Box::new(source),
+            },
+        }
+    }
+
+    /// Objects at the top level of the destination (names only, no "directories").
+    pub fn list(&self) -> Result<Vec<ListedObject>, StorageError> {
+        if let Some(dir) = &self.local_dir {
+            let io_err = |error| StorageError::Io {
+                destination: self.label.clone(),
+                operation: "list",
+                name: dir.display().to_string(),
+                error,
+            };
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(dir).map_err(io_err)? {
+                let e = e.map_err(io_err)?;
+                // Names that are not UTF-8 are never ours; skip them like other foreign files.
+                let Ok(name) = e.file_name().into_string() else {
+                    continue;
+                };
+                match e.metadata() {
+                    Ok(md) if md.is_file() => out.push(ListedObject {
+                        name,
+                        size: md.len(),
+                    }),
+                    _ => {}
+                }
+            }
+            return Ok(out);
+        }
+        let store = self.store.clone();
+        let res = self
+            .rt
+            .block_on(async move { store.list_with_delimiter(None).await })
+            .map_err(|e| self.map_err("list", "", e))?;
+        Ok(res
+            .objects
+            .into_iter()
+            .map(|m| ListedObject {
+                name: m.location.filename().unwrap_or_default().to_string(),
+                size: m.size,
+            })
+            .collect())
+    }
+
+    /// A streaming reader of one object.
+    pub fn get(&self, name: &str) -> Result<ObjectReader, StorageError> {
+        let store = self.store.clone();
+        let path = ObjectPath::from(name);
+        let res = self
+            .rt
+            .block_on(async move { store.get(&path).await })
+            .map_err(|e| self.map_err("get", name, e))?;
+        Ok(ObjectReader {
+            stream: res.into_stream(),
+            rt: self.rt.clone(),
+            current: Bytes::new(),
+            label: self.label.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    /// The whole object in memory (for manifests and other small objects).
+    pub fn get_bytes(&self, name: &str) -> Result<Vec<u8>, StorageError> {
+        let mut out = Vec::new();
+        self.get(name)?
+            .read_to_end(&mut out)
+            .map_err(|source| StorageError::Io {
+                destination: self.label.clone(),
+                operation: "read",
+                name: name.to_string(),
+                error: source,
+            })?;
+        Ok(out)
+    }
+
+    /// A writer that uploads one object; it appears only when [`ObjectWriter::finish`]
+    /// succeeds (dropping the writer aborts the upload).
+    pub fn put_writer(&self, name: &str) -> ObjectWriter {
+        let w = BufWriter::with_capacity(self.store.clone(), ObjectPath::from(name), UPLOAD_BUFFER)
+            .with_max_concurrency(4);
+        ObjectWriter {
+            inner: Some(w),
+            rt: self.rt.clone(),
+            buf: BytesMut::with_capacity(WRITE_CHUNK),
+            label: self.label.clone(),
+            name: name.to_string(),
+            bytes: 0,
+        }
+    }
+
+    pub fn put_bytes(&self, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        let path = ObjectPath::from(name);
+        self.rt
+            .block_on(async move { store.put(&path, data.into()).await })
+            .map_err(|e| self.map_err("put", name, e))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), StorageError> {
+        if let Some(dir) = self.local_dir.as_ref().filter(|_| !name.contains('/')) {
+            // Directly, so that names object_store would encode (`x#1` staging files) work.
+            return match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                    destination: self.label.clone(),
+                    name: name.to_string(),
+                }),
+                Err(error) => Err(StorageError::Io {
+                    destination: self.label.clone(),
+                    operation: "delete",
+                    name: name.to_string(),
+                    error,
+                }),
+            };
+        }
+        let store = self.store.clone();
+        let path = ObjectPath::from(name);
+        self.rt
+            .block_on(async move { store.delete(&path).await })
+            .map_err(|e| self.map_err("delete", name, e))
+    }
+}
+
+/// Streaming download; see [`BlockingStore::get`].
+pub struct ObjectReader {
+    stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    rt: Handle,
+    current: Bytes,
+    label: String,
+    name: String,
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rt.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => {
+                    return Err(StorageError::Backend {
+                        destination: self.label.clone(),
+                        operation: "read",
+                        name: self.name.clone(),
+                        error: Box::new(e),
+                    }
+                    .into_io());
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Streaming upload; see [`BlockingStore::put_writer`].
+pub struct ObjectWriter {
+    inner: Option<BufWriter>,
+    rt: Handle,
+    buf: BytesMut,
+    label: String,
+    name: String,
+    bytes: u64,
+}
+
+impl ObjectWriter {
+    fn push(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        let w = self.inner.as_mut().expect("writer used after finish");
+        self.rt.block_on(w.put(chunk)).map_err(|e| {
+            StorageError::Backend {
+                destination: self.label.clone(),
+                operation: "upload",
+                name: self.name.clone(),
+                error: Box::new(e),
+            }
+            .into_io()
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Completes the upload; the object exists once this returns `Ok`.
+    pub fn finish(mut self) -> io::Result<u64> {
+        self.push()?;
+        let mut w = self.inner.take().expect("finish called once");
+        let rt = self.rt.clone();
+        match rt.block_on(w.shutdown()) {
+            Ok(()) => Ok(self.bytes),
+            Err(e) => {
+                let _ = rt.block_on(w.abort());
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: upload {}: {e}", self.label, self.name),
+                ))
+            }
+        }
+    }
+
+    /// Gives up the upload; nothing is left behind.
+    pub fn abort(mut self) {
+        if let Some(mut w) = self.inner.take() {
+            let _ = self.rt.block_on(w.abort());
+        }
+    }
+}
+
+impl Write for ObjectWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.bytes += data.len() as u64;
+        if self.buf.len() >= WRITE_CHUNK {
+            self.push()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.inner.take() {
+            let _ = self.rt.block_on(w.abort());
+        }
+    }
+}
+

@@ -1,0 +1,193 @@
+//! Credentials scoped to one container and one kind of job, minted from account
+//! credentials (by the coordinator) so that agents never hold account keys.
+//!
+//! * Azure: a container service SAS. Backup: read, create, list (no write over an
+//!   existing blob, no delete). Restore: read, list. Prune: read, list, delete.
+//! * Swift: prefix-scoped TempURL signatures for exactly the HTTP methods the job
+//!   needs. TempURLs cannot list a container, so the grant carries a snapshot of the
+//!   listing taken when it was minted; the engine only lists when a job starts.
+
+use super::azure::AzureAccount;
+use super::{Destination, Secret, StorageError};
+use chrono::{DateTime, Utc};
+
+/// What a scoped credential allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Create new objects, read and list (a backup reads its chain's manifests and
+    /// signatures when its cache is lost). No delete, no overwrite where the store can
+    /// enforce it.
+    Backup,
+    /// Read and list.
+    Restore,
+    /// Read, list and delete (retention, cleanup).
+    Prune,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Backup => "backup",
+            Access::Restore => "restore",
+            Access::Prune => "prune",
+        }
+    }
+
+    /// Azure SAS permission letters, in Azure's required order.
+    fn azure_permissions(self) -> &'static str {
+        match self {
+            Access::Backup => "rcl",
+            Access::Restore => "rl",
+            Access::Prune => "rdl",
+        }
+    }
+}
+
+impl std::str::FromStr for Access {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Access, String> {
+        match s {
+            "backup" => Ok(Access::Backup),
+            "restore" => Ok(Access::Restore),
+            "prune" => Ok(Access::Prune),
+            other => Err(format!("unknown access {other:?} (backup, restore or prune)")),
+        }
+    }
+}
+
+/// A short-lived credential for one container. Serialized as JSON to hand it to an
+/// agent (in a job, or a file for `flotilla-agent --credentials`); it is a secret.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScopedCredential {
+    Azure {
+        access: Access,
+        account: String,
+        /// Blob service endpoint (with the account for path-style endpoints).
+        endpoint: String,
+        container: String,
+        expires: DateTime<Utc>,
+        sas: Secret,
+    },
+}
+
+impl ScopedCredential {
+    pub fn access(&self) -> Access {
+        match self {
+            ScopedCredential::Azure { access, .. } => *access,
+        }
+    }
+
+    pub fn expires(&self) -> DateTime<Utc> {
+        match self {
+            ScopedCredential::Azure { expires, .. } => *expires,
+        }
+    }
+
+    /// The destination this credential is for (without a prefix).
+    pub fn scope(&self) -> String {
+        match self {
+            ScopedCredential::Azure { container, .. } => format!("azure://{container}"),
+        }
+    }
+
+    pub fn from_json(text: &str) -> Result<ScopedCredential, StorageError> {
+        serde_json::from_str(text).map_err(|e| StorageError::BadCredentials {
+            destination: "scoped credential".into(),
+            reason: format!("not a Flotilla scoped credential: {e}"),
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("credential serializes")
+    }
+
+    fn check_scope(&self, dest: &Destination) -> Result<(), StorageError> {
+        let ok = match (self, dest) {
+            (ScopedCredential::Azure { container, .. }, Destination::Azure { container: c, .. }) => {
+                container == c
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(StorageError::BadCredentials {
+                destination: dest.to_string(),
+                reason: format!("the scoped credential is for {}", self.scope()),
+            });
+        }
+        if self.expires() <= Utc::now() {
+            return Err(StorageError::BadCredentials {
+                destination: dest.to_string(),
+                reason: format!("the scoped credential expired at {}", self.expires()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The account settings to open `dest` with this credential.
+    pub(super) fn azure_account_for(&self, dest: &Destination) -> Result<AzureAccount, StorageError> {
+        self.check_scope(dest)?;
+        match self {
+            ScopedCredential::Azure {
+                account,
+                endpoint,
+                sas,
+                ..
+            } => Ok(AzureAccount {
+                account: account.clone(),
+                key: None,
+                sas: Some(sas.clone()),
+                endpoint: Some(endpoint.clone()),
+            }),
+        }
+    }
+}
+
+/// Mints a credential for `dest`'s container from account credentials, valid for `ttl`.
+pub async fn mint(
+    dest: &Destination,
+    credentials: &super::Credentials,
+    access: Access,
+    ttl: std::time::Duration,
+) -> Result<ScopedCredential, StorageError> {
+    let expires = Utc::now()
+        + chrono::Duration::from_std(ttl).map_err(|_| StorageError::BadCredentials {
+            destination: dest.to_string(),
+            reason: "lifetime out of range".into(),
+        })?;
+    match dest {
+        Destination::Azure { container, .. } => {
+            let account = match credentials {
+                super::Credentials::FromEnvironment => AzureAccount::from_env()?,
+                super::Credentials::Azure(a) => a.clone(),
+                _ => return Err(not_account(dest)),
+            };
+            let sas = account.container_sas(container, access.azure_permissions(), expires)?;
+            Ok(ScopedCredential::Azure {
+                access,
+                account: account.account.clone(),
+                endpoint: account.blob_endpoint(),
+                container: container.clone(),
+                expires,
+                sas,
+            })
+        }
+        Destination::Swift { .. } => Err(StorageError::UnsupportedScheme {
+            scheme: "swift".into(),
+            url: dest.to_string(),
+        }),
+        Destination::File { .. } => Err(StorageError::BadCredentials {
+            destination: dest.to_string(),
+            reason: "local directories have no scoped credentials".into(),
+        }),
+    }
+}
+
+fn not_account(dest: &Destination) -> StorageError {
+    StorageError::BadCredentials {
+        destination: dest.to_string(),
+        reason: "minting needs the account credentials for this destination".into(),
+    }
+}
+
