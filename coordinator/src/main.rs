@@ -1,10 +1,14 @@
 //! `flotilla`: the coordinator (`flotilla serve`) and its admin CLI.
 //!
-//! The fleet side (enrollment, policies, scheduling, catalog) is the next piece of work;
-//! until then this binary only identifies itself, and hosts are backed up with the
-//! standalone `flotilla-agent`.
+//! The fleet side (enrollment, policies, scheduling, catalog) is the next piece of work.
+//! What exists now is credential vending: minting a scoped storage credential from the
+//! account credentials, the way the coordinator will for every job.
 
-use clap::Parser;
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use flotilla_common::storage::{Access, Credentials, Destination, scoped};
+use flotilla_common::timespec::parse_interval;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -16,10 +20,85 @@ use clap::Parser;
                   release yet. Back up a host with the standalone agent:\n  flotilla-agent \
                   backup /etc file:///var/backups/$(hostname)"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mint a short-lived credential for one container from the account credentials in
+    /// the environment (the same variables flotilla-agent reads), for
+    /// `flotilla-agent --credentials FILE`.
+    ///
+    /// backup: create, read and list objects (Azure: no overwrite, no delete; Swift:
+    /// TempURL GET/HEAD/PUT under the prefix). restore: read and list. prune: read,
+    /// list and delete. Swift TempURLs cannot list, so the credential carries the
+    /// container listing as of now: mint it right before the job.
+    MintCredential {
+        /// Destination: azure://CONTAINER or swift://CONTAINER[/PREFIX].
+        url: String,
+        /// What the holder may do.
+        #[arg(long, value_parser = ["backup", "restore", "prune"])]
+        access: String,
+        /// Lifetime, in duplicity's interval syntax (30m, 12h, 2D).
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+        /// Write the credential (a secret) to FILE with mode 0600 instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
 
 fn main() {
-    let _ = Cli::parse();
-    eprintln!("flotilla: the coordinator is not available in this release; see `flotilla --help`");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("flotilla: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::MintCredential {
+            url,
+            access,
+            ttl,
+            output,
+        } => {
+            let dest = Destination::parse(&url)?;
+            let access: Access = access.parse().map_err(anyhow::Error::msg)?;
+            let secs = parse_interval(&ttl).with_context(|| format!("--ttl {ttl}"))?;
+            anyhow::ensure!(secs > 0, "--ttl {ttl}: must be positive");
+            let ttl = std::time::Duration::from_secs(secs as u64);
+            let rt = tokio::runtime::Runtime::new()?;
+            let cred = rt.block_on(scoped::mint(
+                &dest,
+                &Credentials::FromEnvironment,
+                access,
+                ttl,
+            ))?;
+            let json = cred.to_json();
+            match output {
+                Some(path) => write_secret(&path, &json)?,
+                None => println!("{json}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_secret(path: &PathBuf, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    Ok(())
 }

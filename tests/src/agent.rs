@@ -9,7 +9,52 @@ pub struct AgentEnv {
     pub store: PathBuf,
     pub state: PathBuf,
     pub passphrase: Option<String>,
+    /// A remote destination URL instead of the local `store` directory.
+    pub remote_url: Option<String>,
+    /// Environment for the agent (storage credentials); nothing else from the test
+    /// process's storage settings reaches it.
+    pub store_env: Vec<(String, String)>,
 }
+
+/// Every variable through which account credentials could reach an agent.
+pub const STORAGE_ENV_VARS: &[&str] = &[
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_SHARED_ACCESS_SIGNATURE",
+    "AZURE_STORAGE_ENDPOINT",
+    "AZURE_ENDPOINT",
+    "AZURE_STORAGE_USE_EMULATOR",
+    "AZURITE_BLOB_STORAGE_URL",
+    "SWIFT_AUTHURL",
+    "SWIFT_AUTHVERSION",
+    "SWIFT_USERNAME",
+    "SWIFT_PASSWORD",
+    "SWIFT_TENANTNAME",
+    "SWIFT_REGIONNAME",
+    "SWIFT_USER_DOMAIN_NAME",
+    "SWIFT_PROJECT_NAME",
+    "SWIFT_PROJECT_DOMAIN_NAME",
+    "SWIFT_PREAUTHURL",
+    "SWIFT_PREAUTHTOKEN",
+    "ST_AUTH",
+    "ST_USER",
+    "ST_KEY",
+    "OS_AUTH_URL",
+    "OS_USERNAME",
+    "OS_PASSWORD",
+    "OS_PROJECT_NAME",
+    "OS_STORAGE_URL",
+    "OS_AUTH_TOKEN",
+    "FLOTILLA_CREDENTIALS_FILE",
+];
 
 impl Default for AgentEnv {
     fn default() -> Self {
@@ -31,6 +76,8 @@ impl AgentEnv {
             store,
             state,
             passphrase: Some("test-passphrase".into()),
+            remote_url: None,
+            store_env: Vec::new(),
         }
     }
 
@@ -38,7 +85,18 @@ impl AgentEnv {
         self.dir.path().join(rel)
     }
 
+    /// A workspace whose store is `url`, reached with `store_env`.
+    pub fn remote(url: impl Into<String>, store_env: Vec<(String, String)>) -> Self {
+        let mut env = Self::new();
+        env.remote_url = Some(url.into());
+        env.store_env = store_env;
+        env
+    }
+
     pub fn url(&self) -> String {
+        if let Some(u) = &self.remote_url {
+            return u.clone();
+        }
         format!("file://{}", self.store.display())
     }
 
@@ -51,6 +109,12 @@ impl AgentEnv {
             .env_remove("FLOTILLA_PASSPHRASE")
             .env_remove("SIGN_PASSPHRASE")
             .env_remove("FLOTILLA_SIGN_PASSPHRASE");
+        for var in STORAGE_ENV_VARS {
+            c = c.env_remove(var);
+        }
+        for (k, v) in &self.store_env {
+            c = c.env(k, v);
+        }
         if let Some(p) = &self.passphrase {
             c = c.env("FLOTILLA_PASSPHRASE", p);
         }

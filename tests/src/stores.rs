@@ -127,8 +127,7 @@ impl Drop for TestStore {
             let container = container.to_string();
             match self.service {
                 Service::Azurite => {
-                    let account =
-                        AzureAccount::from_connection_string(&self.env[0].1).expect("cs");
+                    let account = AzureAccount::from_connection_string(&self.env[0].1).expect("cs");
                     let _ = self.rt.block_on(account.delete_container(&container));
                 }
                 Service::Swift => swift_delete_container(&self.rt, &container),

@@ -48,7 +48,11 @@ async fn put_get_head(store: Arc<dyn ObjectStore>) {
     assert_eq!(head.size, body.len() as u64);
     assert_eq!(head.location, p);
     let age = chrono::Utc::now() - head.last_modified;
-    assert!(age.num_seconds().abs() < 300, "last_modified {}", head.last_modified);
+    assert!(
+        age.num_seconds().abs() < 300,
+        "last_modified {}",
+        head.last_modified
+    );
     // Empty objects are objects too.
     let e = Path::from("empty");
     store.put(&e, PutPayload::new()).await.expect("put empty");
@@ -58,7 +62,10 @@ async fn put_get_head(store: Arc<dyn ObjectStore>) {
         store.get(&Path::from("missing")).await.map(|_| ()),
         store.head(&Path::from("missing")).await.map(|_| ()),
     ] {
-        assert!(matches!(r, Err(object_store::Error::NotFound { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(object_store::Error::NotFound { .. })),
+            "{r:?}"
+        );
     }
 }
 
@@ -72,16 +79,30 @@ async fn ranged_get(store: Arc<dyn ObjectStore>) {
         (GetRange::Offset(1_000_000), 1_000_000..body.len()),
         // (Suffix ranges are not used: Azure has none.)
         // Past the end: clamped to the object.
-        (GetRange::Bounded(1_048_000..2_000_000), 1_048_000..body.len()),
+        (
+            GetRange::Bounded(1_048_000..2_000_000),
+            1_048_000..body.len(),
+        ),
     ];
     for (range, expect) in cases {
         let opts = GetOptions {
             range: Some(range.clone()),
             ..Default::default()
         };
-        let got = store.get_opts(&p, opts).await.unwrap_or_else(|e| panic!("{range:?}: {e}"));
-        assert_eq!(got.meta.size, body.len() as u64, "{range:?}: size is the object's");
-        assert_eq!(got.range, expect.start as u64..expect.end as u64, "{range:?}");
+        let got = store
+            .get_opts(&p, opts)
+            .await
+            .unwrap_or_else(|e| panic!("{range:?}: {e}"));
+        assert_eq!(
+            got.meta.size,
+            body.len() as u64,
+            "{range:?}: size is the object's"
+        );
+        assert_eq!(
+            got.range,
+            expect.start as u64..expect.end as u64,
+            "{range:?}"
+        );
         assert_eq!(got.bytes().await.unwrap(), body.slice(expect), "{range:?}");
     }
     let r = store.get_range(&p, 2_000_000..2_000_010).await;
@@ -93,13 +114,19 @@ async fn ranged_get(store: Arc<dyn ObjectStore>) {
             if_match: Some(etag.clone()),
             ..Default::default()
         };
-        store.get_opts(&p, ok).await.expect("if-match with the current etag");
+        store
+            .get_opts(&p, ok)
+            .await
+            .expect("if-match with the current etag");
         let stale = GetOptions {
             if_match: Some("\"0000\"".into()),
             ..Default::default()
         };
         let r = store.get_opts(&p, stale).await;
-        assert!(matches!(r, Err(object_store::Error::Precondition { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(object_store::Error::Precondition { .. })),
+            "{r:?}"
+        );
     }
 }
 
@@ -108,19 +135,36 @@ async fn list_prefix_and_pages(store: Arc<dyn ObjectStore>) {
     let mut expect_a = vec![];
     for i in 0..23 {
         let name = format!("a/{i:03}");
-        store.put(&Path::from(name.as_str()), Bytes::from(vec![i as u8; i]).into()).await.unwrap();
+        store
+            .put(
+                &Path::from(name.as_str()),
+                Bytes::from(vec![i as u8; i]).into(),
+            )
+            .await
+            .unwrap();
         expect_a.push(name);
     }
     for name in ["b/1", "b/sub/2", "ab", "top"] {
-        store.put(&Path::from(name), Bytes::from_static(b"x").into()).await.unwrap();
+        store
+            .put(&Path::from(name), Bytes::from_static(b"x").into())
+            .await
+            .unwrap();
     }
-    assert_eq!(names(&store, Some("a")).await, expect_a, "prefix is a directory, not a string prefix");
+    assert_eq!(
+        names(&store, Some("a")).await,
+        expect_a,
+        "prefix is a directory, not a string prefix"
+    );
     assert_eq!(names(&store, Some("b")).await, vec!["b/1", "b/sub/2"]);
     assert_eq!(names(&store, Some("nothing")).await, Vec::<String>::new());
     let all = names(&store, None).await;
     assert_eq!(all.len(), 23 + 4, "{all:?}");
     // Sizes come with the listing.
-    let sized: Vec<_> = store.list(Some(&Path::from("a"))).try_collect().await.unwrap();
+    let sized: Vec<_> = store
+        .list(Some(&Path::from("a")))
+        .try_collect()
+        .await
+        .unwrap();
     for m in sized {
         let i: u64 = m.location.filename().unwrap().parse().unwrap();
         assert_eq!(m.size, i);
@@ -132,17 +176,26 @@ async fn list_prefix_and_pages(store: Arc<dyn ObjectStore>) {
     dirs.sort();
     assert_eq!(objs, vec!["ab", "top"]);
     assert_eq!(dirs, vec!["a", "b"]);
-    let d = store.list_with_delimiter(Some(&Path::from("b"))).await.unwrap();
+    let d = store
+        .list_with_delimiter(Some(&Path::from("b")))
+        .await
+        .unwrap();
     assert_eq!(d.objects.len(), 1);
     assert_eq!(d.common_prefixes, vec![Path::from("b/sub")]);
 }
 
 async fn delete(store: Arc<dyn ObjectStore>) {
     let p = Path::from("to-delete");
-    store.put(&p, Bytes::from_static(b"bye").into()).await.unwrap();
+    store
+        .put(&p, Bytes::from_static(b"bye").into())
+        .await
+        .unwrap();
     store.delete(&p).await.expect("delete");
     let r = store.get(&p).await;
-    assert!(matches!(r, Err(object_store::Error::NotFound { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(object_store::Error::NotFound { .. })),
+        "{r:?}"
+    );
     assert_eq!(names(&store, None).await, Vec::<String>::new());
 }
 
@@ -159,9 +212,15 @@ async fn large_multipart(store: Arc<dyn ObjectStore>) {
     let got = store.get(&p).await.unwrap();
     assert_eq!(got.meta.size, body.len() as u64);
     let got = got.bytes().await.unwrap();
-    assert!(got == body, "multipart object differs from what was written");
+    assert!(
+        got == body,
+        "multipart object differs from what was written"
+    );
     // Ranged reads across part boundaries.
-    let r = store.get_range(&p, (5 << 20) - 10..(5 << 20) + 10).await.unwrap();
+    let r = store
+        .get_range(&p, (5 << 20) - 10..(5 << 20) + 10)
+        .await
+        .unwrap();
     assert_eq!(r, body.slice((5 << 20) - 10..(5 << 20) + 10));
     // The listing shows one object: no parts or segments.
     assert_eq!(names(&store, None).await, vec!["big/volume.gpg"]);
@@ -179,9 +238,15 @@ async fn large_multipart(store: Arc<dyn ObjectStore>) {
 
 async fn overwrite_rules(store: Arc<dyn ObjectStore>) {
     let p = Path::from("manifest");
-    store.put(&p, Bytes::from_static(b"one").into()).await.unwrap();
+    store
+        .put(&p, Bytes::from_static(b"one").into())
+        .await
+        .unwrap();
     // Overwrite (the default) replaces.
-    store.put(&p, Bytes::from_static(b"two").into()).await.unwrap();
+    store
+        .put(&p, Bytes::from_static(b"two").into())
+        .await
+        .unwrap();
     assert_eq!(store.get(&p).await.unwrap().bytes().await.unwrap(), "two");
     // Create refuses an existing object and leaves it as it was.
     let create = PutOptions {
@@ -191,14 +256,30 @@ async fn overwrite_rules(store: Arc<dyn ObjectStore>) {
     let r = store
         .put_opts(&p, Bytes::from_static(b"three").into(), create.clone())
         .await;
-    assert!(matches!(r, Err(object_store::Error::AlreadyExists { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(object_store::Error::AlreadyExists { .. })),
+        "{r:?}"
+    );
     assert_eq!(store.get(&p).await.unwrap().bytes().await.unwrap(), "two");
     // Create of a new object works.
     store
-        .put_opts(&Path::from("fresh"), Bytes::from_static(b"new").into(), create)
+        .put_opts(
+            &Path::from("fresh"),
+            Bytes::from_static(b"new").into(),
+            create,
+        )
         .await
         .expect("create new object");
-    assert_eq!(store.get(&Path::from("fresh")).await.unwrap().bytes().await.unwrap(), "new");
+    assert_eq!(
+        store
+            .get(&Path::from("fresh"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        "new"
+    );
 }
 
 async fn names_with_special_characters(store: Arc<dyn ObjectStore>) {
@@ -209,12 +290,21 @@ async fn names_with_special_characters(store: Arc<dyn ObjectStore>) {
         "ünïcode/名前",
     ] {
         let p = Path::from(name);
-        store.put(&p, Bytes::from(name.as_bytes().to_vec()).into()).await.unwrap();
-        assert_eq!(store.get(&p).await.unwrap().bytes().await.unwrap(), name.as_bytes());
+        store
+            .put(&p, Bytes::from(name.as_bytes().to_vec()).into())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(&p).await.unwrap().bytes().await.unwrap(),
+            name.as_bytes()
+        );
     }
     let all = names(&store, None).await;
     for name in ["with space/and+plus", "ünïcode/名前"] {
-        assert!(all.contains(&Path::from(name).to_string()), "{name}: {all:?}");
+        assert!(
+            all.contains(&Path::from(name).to_string()),
+            "{name}: {all:?}"
+        );
     }
 }
 

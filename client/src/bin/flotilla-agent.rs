@@ -13,7 +13,9 @@ use flotilla_common::archive::{Index, format_time};
 use flotilla_common::crypto::{
     Compression, DecryptionKeys, EncryptionSpec, Passphrase, PublicKey, SecretKey,
 };
-use flotilla_common::storage::open_blocking;
+use flotilla_common::storage::{
+    BlockingStore, Credentials, Destination, OpenOptions, ScopedCredential, open_blocking_with,
+};
 use flotilla_common::timespec::{parse_interval, parse_time};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -27,7 +29,17 @@ repeatable) and/or a passphrase in FLOTILLA_PASSPHRASE (PASSPHRASE also works, a
 duplicity). Restores need the passphrase or --decrypt-key FILE (a secret key; its passphrase,
 if any, from FLOTILLA_PASSPHRASE/PASSPHRASE). --no-encryption stores gzip'd objects.
 
-URLs: file:///absolute/dir or file://relative/dir (azure:// and swift:// follow).
+URLs: file:///absolute/dir or file://relative/dir; azure://CONTAINER[/PREFIX];
+swift://CONTAINER[/PREFIX].
+Azure credentials: AZURE_STORAGE_CONNECTION_STRING (or duplicity's AZURE_CONNECTION_STRING),
+or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN
+(AZURE_STORAGE_ENDPOINT for Azurite or sovereign clouds).
+Swift credentials as for duplicity: SWIFT_AUTHURL, SWIFT_USERNAME (tenant:user for v1),
+SWIFT_PASSWORD, SWIFT_AUTHVERSION (1, 2 or 3), SWIFT_TENANTNAME, SWIFT_REGIONNAME,
+SWIFT_USER_DOMAIN_NAME, SWIFT_PROJECT_NAME, SWIFT_PROJECT_DOMAIN_NAME; or
+SWIFT_PREAUTHURL + SWIFT_PREAUTHTOKEN. With --credentials FILE the agent uses only the
+scoped credential in FILE (minted by the coordinator) and no account credentials.
+A backup with account credentials creates a missing container, as duplicity does.
 
 Times (--time, remove-older-than, --full-if-older-than) use duplicity's syntax: now, epoch
 seconds, intervals before now (90s, 3D, 2W1D; units s m h D W M Y), 20261120T041741Z,
@@ -57,6 +69,15 @@ struct Cli {
     /// Print a machine-readable JSON result on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Use the scoped storage credential in FILE (JSON, minted by the coordinator for
+    /// one container) instead of account credentials from the environment.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_CREDENTIALS_FILE"
+    )]
+    credentials: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -370,6 +391,40 @@ fn main() {
     }
 }
 
+/// Opens the destination with the scoped credential, or account credentials from the
+/// environment; a backup with account credentials first creates a missing container.
+fn open_store(cli: &Cli, url: &str, rt: &tokio::runtime::Runtime) -> Result<BlockingStore> {
+    let credentials = match &cli.credentials {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the credential file {}", file.display()))?;
+            let cred = ScopedCredential::from_json(&text)
+                .with_context(|| format!("credential file {}", file.display()))?;
+            Credentials::Scoped(cred)
+        }
+        None => Credentials::FromEnvironment,
+    };
+    let options = OpenOptions {
+        credentials,
+        ..OpenOptions::default()
+    };
+    if matches!(cli.command, Command::Backup { .. })
+        && matches!(options.credentials, Credentials::FromEnvironment)
+    {
+        let dest = Destination::parse(url)?;
+        if dest.container().is_some() {
+            match rt.block_on(dest.create_container(&options)) {
+                Ok(true) => tracing::info!("created container for {dest}"),
+                Ok(false) => {}
+                // E.g. a SAS without container rights: the backup itself will say
+                // whether the container is usable.
+                Err(e) => tracing::warn!("could not create the container: {e}"),
+            }
+        }
+    }
+    Ok(open_blocking_with(url, &options, rt.handle().clone())?)
+}
+
 fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -396,7 +451,7 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
             );
         }
     }
-    let store = open_blocking(url, rt.handle().clone())?;
+    let store = open_store(cli, url, &rt)?;
     let ctx = Context {
         store,
         state_dir: state_dir.clone(),

@@ -116,10 +116,7 @@ impl AzureAccount {
             account: EMULATOR_ACCOUNT.into(),
             key: Some(Secret::new(EMULATOR_KEY)),
             sas: None,
-            endpoint: Some(format!(
-                "{}/{EMULATOR_ACCOUNT}",
-                base.trim_end_matches('/')
-            )),
+            endpoint: Some(format!("{}/{EMULATOR_ACCOUNT}", base.trim_end_matches('/'))),
         }
     }
 
@@ -151,7 +148,9 @@ impl AzureAccount {
                 "DefaultEndpointsProtocol" => protocol = v.to_string(),
                 "EndpointSuffix" => suffix = v.to_string(),
                 "UseDevelopmentStorage" => dev = v.eq_ignore_ascii_case("true"),
-                "DevelopmentStorageProxyUri" => dev_proxy = Some(v.trim_end_matches('/').to_string()),
+                "DevelopmentStorageProxyUri" => {
+                    dev_proxy = Some(v.trim_end_matches('/').to_string())
+                }
                 // Other services' endpoints do not concern us.
                 _ => {}
             }
@@ -212,7 +211,11 @@ impl AzureAccount {
     }
 
     /// object_store's client for one container.
-    pub fn open(&self, container: &str, retry: &RetryPolicy) -> Result<MicrosoftAzure, StorageError> {
+    pub fn open(
+        &self,
+        container: &str,
+        retry: &RetryPolicy,
+    ) -> Result<MicrosoftAzure, StorageError> {
         let endpoint = self.blob_endpoint();
         let options = ClientOptions::new()
             .with_allow_http(endpoint.starts_with("http://"))
@@ -271,7 +274,9 @@ impl AzureAccount {
     /// Creates `container` if it does not exist (object_store never creates
     /// containers). Returns whether it was created.
     pub async fn create_container(&self, container: &str) -> Result<bool, StorageError> {
-        let status = self.container_request(reqwest::Method::PUT, container).await?;
+        let status = self
+            .container_request(reqwest::Method::PUT, container)
+            .await?;
         match status.as_u16() {
             201 => Ok(true),
             409 => Ok(false),
@@ -281,19 +286,28 @@ impl AzureAccount {
 
     /// Deletes `container` and everything in it.
     pub async fn delete_container(&self, container: &str) -> Result<(), StorageError> {
-        let status = self.container_request(reqwest::Method::DELETE, container).await?;
+        let status = self
+            .container_request(reqwest::Method::DELETE, container)
+            .await?;
         match status.as_u16() {
             200..=299 | 404 => Ok(()),
             _ => Err(self.container_error(container, "delete container", status)),
         }
     }
 
-    fn container_error(&self, container: &str, operation: &'static str, status: reqwest::StatusCode) -> StorageError {
+    fn container_error(
+        &self,
+        container: &str,
+        operation: &'static str,
+        status: reqwest::StatusCode,
+    ) -> StorageError {
         let destination = format!("azure://{container}");
         if matches!(status.as_u16(), 401 | 403) {
             StorageError::BadCredentials {
                 destination,
-                reason: format!("{operation}: the account refused ({status}): check the key or SAS"),
+                reason: format!(
+                    "{operation}: the account refused ({status}): check the key or SAS"
+                ),
             }
         } else {
             StorageError::Io {
@@ -328,15 +342,19 @@ impl AzureAccount {
                     reason,
                 })?
             }
-            None => self.sas.clone().ok_or_else(|| StorageError::MissingCredentials {
-                destination: destination.clone(),
-                hint: "no account key or SAS".into(),
-            })?,
+            None => self
+                .sas
+                .clone()
+                .ok_or_else(|| StorageError::MissingCredentials {
+                    destination: destination.clone(),
+                    hint: "no account key or SAS".into(),
+                })?,
         };
-        let mut url = url::Url::parse(&self.blob_endpoint()).map_err(|e| StorageError::BadCredentials {
-            destination: destination.clone(),
-            reason: format!("endpoint: {e}"),
-        })?;
+        let mut url =
+            url::Url::parse(&self.blob_endpoint()).map_err(|e| StorageError::BadCredentials {
+                destination: destination.clone(),
+                reason: format!("endpoint: {e}"),
+            })?;
         url.path_segments_mut()
             .map_err(|_| StorageError::BadCredentials {
                 destination: destination.clone(),
@@ -383,7 +401,8 @@ fn sign_account_sas(
     let st = start.to_rfc3339_opts(SecondsFormat::Secs, true);
     let se = expires.to_rfc3339_opts(SecondsFormat::Secs, true);
     // account, sp, ss, srt, st, se, sip, spr, sv, ses, then a final newline.
-    let string_to_sign = format!("{account}\n{permissions}\nb\nc\n{st}\n{se}\n\nhttps,http\n{SAS_VERSION}\n\n");
+    let string_to_sign =
+        format!("{account}\n{permissions}\nb\nc\n{st}\n{se}\n\nhttps,http\n{SAS_VERSION}\n\n");
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
     mac.update(string_to_sign.as_bytes());
     let sig = BASE64.encode(mac.finalize().into_bytes());
@@ -520,8 +539,15 @@ mod tests {
         assert!(a.sas.is_some());
         let a = AzureAccount::from_connection_string("UseDevelopmentStorage=true").unwrap();
         assert_eq!(a.blob_endpoint(), "http://127.0.0.1:10000/devstoreaccount1");
-        for bad in ["AccountName=a", "AccountKey=AAAA", "garbage", "AccountName=a;AccountKey=not base64!"] {
-            let e = AzureAccount::from_connection_string(bad).unwrap_err().to_string();
+        for bad in [
+            "AccountName=a",
+            "AccountKey=AAAA",
+            "garbage",
+            "AccountName=a;AccountKey=not base64!",
+        ] {
+            let e = AzureAccount::from_connection_string(bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("azure://"), "{e}");
             assert!(!e.contains("not base64!"), "key echoed: {e}");
         }
@@ -530,7 +556,12 @@ mod tests {
     #[test]
     fn environment_names() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+            move |n: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         let a = AzureAccount::from_lookup(env(&[
             ("AZURE_ACCOUNT_NAME", "acct"),

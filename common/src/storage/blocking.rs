@@ -59,26 +59,7 @@ impl BlockingStore {
     }
 
     fn map_err(&self, operation: &'static str, name: &str, e: object_store::Error) -> StorageError {
-        let destination = self.label.clone();
-        let name = name.to_string();
-        match e {
-            object_store::Error::NotFound { .. } => StorageError::NotFound { destination, name },
-            object_store::Error::AlreadyExists { .. } => {
-                StorageError::AlreadyExists { destination, name }
-            }
-            e @ (object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }) => StorageError::Denied {
-                destination,
-                name,
-                error: Box::new(e),
-            },
-            source => StorageError::Backend {
-                destination,
-                operation,
-                name,
-                error: Box::new(source),
-            },
-        }
+        classify(&self.label, operation, name, e)
     }
 
     /// Objects at the top level of the destination (names only, no "directories").
@@ -202,6 +183,80 @@ impl BlockingStore {
     }
 }
 
+/// Our error for an object_store error: missing, existing, refused (a credentials
+/// problem) or other.
+fn classify(
+    label: &str,
+    operation: &'static str,
+    name: &str,
+    e: object_store::Error,
+) -> StorageError {
+    let destination = label.to_string();
+    let name = name.to_string();
+    match e {
+        object_store::Error::NotFound { .. } => StorageError::NotFound { destination, name },
+        object_store::Error::AlreadyExists { .. } => {
+            StorageError::AlreadyExists { destination, name }
+        }
+        e if is_denied(&e) => StorageError::Denied {
+            destination,
+            name,
+            error: Box::new(e),
+        },
+        source => StorageError::Backend {
+            destination,
+            operation,
+            name,
+            error: Box::new(source),
+        },
+    }
+}
+
+/// Whether the store refused the request for lack of rights. Some object_store paths
+/// (Azure's batch delete, multipart parts) report 401/403 as a generic error with the
+/// status inside.
+fn is_denied(e: &object_store::Error) -> bool {
+    match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => true,
+        object_store::Error::Generic { source, .. } => {
+            let text = format!("{source:?}");
+            [
+                "code: \"403\"",
+                "code: \"401\"",
+                "status: 403",
+                "status: 401",
+                "403 Forbidden",
+                "401 Unauthorized",
+            ]
+            .iter()
+            .any(|needle| text.contains(needle))
+        }
+        _ => false,
+    }
+}
+
+/// Our error for a failed upload: object_store's writer wraps its errors in io::Error.
+fn classify_io(label: &str, operation: &'static str, name: &str, e: io::Error) -> StorageError {
+    let denied = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<object_store::Error>())
+        .is_some_and(is_denied);
+    if denied {
+        let inner = e.into_inner().expect("checked above");
+        let os = inner
+            .downcast::<object_store::Error>()
+            .expect("checked above");
+        return classify(label, operation, name, *os);
+    }
+    StorageError::Io {
+        destination: label.to_string(),
+        operation,
+        name: name.to_string(),
+        error: e,
+    }
+}
+
 /// Streaming download; see [`BlockingStore::get`].
 pub struct ObjectReader {
     stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
@@ -252,15 +307,9 @@ impl ObjectWriter {
         }
         let chunk = self.buf.split().freeze();
         let w = self.inner.as_mut().expect("writer used after finish");
-        self.rt.block_on(w.put(chunk)).map_err(|e| {
-            StorageError::Backend {
-                destination: self.label.clone(),
-                operation: "upload",
-                name: self.name.clone(),
-                error: Box::new(e),
-            }
-            .into_io()
-        })
+        self.rt
+            .block_on(w.put(chunk))
+            .map_err(|e| classify(&self.label, "upload", &self.name, e).into_io())
     }
 
     /// Bytes written so far.
@@ -276,11 +325,10 @@ impl ObjectWriter {
         match rt.block_on(w.shutdown()) {
             Ok(()) => Ok(self.bytes),
             Err(e) => {
-                let _ = rt.block_on(w.abort());
-                Err(io::Error::new(
-                    e.kind(),
-                    format!("{}: upload {}: {e}", self.label, self.name),
-                ))
+                // No abort here: object_store's BufWriter panics when aborted after a
+                // shutdown. Uncommitted parts are not objects (Azure drops uncommitted
+                // blocks; `cleanup` removes local staging files and Swift segments).
+                Err(classify_io(&self.label, "upload", &self.name, e).into_io())
             }
         }
     }
@@ -315,4 +363,3 @@ impl Drop for ObjectWriter {
         }
     }
 }
-

@@ -121,7 +121,10 @@ pub fn object_store_error_is_retryable(e: &object_store::Error) -> bool {
                 // SWIFT-PENDING: downcast swift::SwiftError
                 if let Some(h) = err.downcast_ref::<object_store::client::HttpError>() {
                     use object_store::client::HttpErrorKind as K;
-                    return matches!(h.kind(), K::Connect | K::Request | K::Timeout | K::Interrupted);
+                    return matches!(
+                        h.kind(),
+                        K::Connect | K::Request | K::Timeout | K::Interrupted
+                    );
                 }
                 if let Some(io) = err.downcast_ref::<io::Error>() {
                     return io_error_is_retryable(io);
@@ -209,7 +212,11 @@ impl Destination {
                 if container.is_empty() {
                     return Err(bad("no container given"));
                 }
-                if prefix.split('/').any(|p| p == "." || p == ".." || p.is_empty()) && !prefix.is_empty() {
+                if prefix
+                    .split('/')
+                    .any(|p| p == "." || p == ".." || p.is_empty())
+                    && !prefix.is_empty()
+                {
                     return Err(bad("the prefix has an empty, '.' or '..' part"));
                 }
                 if scheme == "azure" {
@@ -301,6 +308,24 @@ impl Destination {
         })
     }
 
+    /// Creates the container of a remote destination if it does not exist, with
+    /// account credentials (a scoped credential cannot). Returns whether it was created.
+    pub async fn create_container(&self, options: &OpenOptions) -> Result<bool, StorageError> {
+        ensure_tls_provider();
+        match self {
+            Destination::File { .. } => Ok(false),
+            Destination::Azure { container, .. } => {
+                let account = match &options.credentials {
+                    Credentials::FromEnvironment => azure::AzureAccount::from_env()?,
+                    Credentials::Azure(a) => a.clone(),
+                    _ => return Ok(false),
+                };
+                account.create_container(container).await
+            }
+            Destination::Swift { .. } => swift_create_container(self, options).await,
+        }
+    }
+
     fn wrong_credentials(&self, kind: &str) -> StorageError {
         StorageError::BadCredentials {
             destination: self.to_string(),
@@ -345,11 +370,21 @@ impl std::fmt::Display for Destination {
     }
 }
 
-fn swift_open(dest: &Destination, _options: &OpenOptions) -> Result<Arc<dyn ObjectStore>, StorageError> {
+fn swift_open(
+    dest: &Destination,
+    _options: &OpenOptions,
+) -> Result<Arc<dyn ObjectStore>, StorageError> {
     Err(StorageError::UnsupportedScheme {
         scheme: "swift".into(),
         url: dest.to_string(),
     })
+}
+
+async fn swift_create_container(
+    _dest: &Destination,
+    _options: &OpenOptions,
+) -> Result<bool, StorageError> {
+    Ok(false)
 }
 
 /// Opens a destination URL for blocking use with credentials from the environment.

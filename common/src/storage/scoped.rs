@@ -1,8 +1,8 @@
 //! Credentials scoped to one container and one kind of job, minted from account
 //! credentials (by the coordinator) so that agents never hold account keys.
 //!
-//! * Azure: a container service SAS. Backup: read, create, list (no write over an
-//!   existing blob, no delete). Restore: read, list. Prune: read, list, delete.
+//! * Azure: a container service SAS. Backup: read, create, write, list (no delete).
+//!   Restore: read, list. Prune: read, list, delete.
 //! * Swift: prefix-scoped TempURL signatures for exactly the HTTP methods the job
 //!   needs. TempURLs cannot list a container, so the grant carries a snapshot of the
 //!   listing taken when it was minted; the engine only lists when a job starts.
@@ -16,8 +16,7 @@ use chrono::{DateTime, Utc};
 #[serde(rename_all = "snake_case")]
 pub enum Access {
     /// Create new objects, read and list (a backup reads its chain's manifests and
-    /// signatures when its cache is lost). No delete, no overwrite where the store can
-    /// enforce it.
+    /// signatures when its cache is lost). No delete.
     Backup,
     /// Read and list.
     Restore,
@@ -37,7 +36,10 @@ impl Access {
     /// Azure SAS permission letters, in Azure's required order.
     fn azure_permissions(self) -> &'static str {
         match self {
-            Access::Backup => "rcl",
+            // `w` is needed for Put Block / Put Block List (multipart uploads): a SAS
+            // cannot express create-only for block uploads. Protect against overwrites
+            // with blob versioning or an immutability policy on the account.
+            Access::Backup => "rcwl",
             Access::Restore => "rl",
             Access::Prune => "rdl",
         }
@@ -51,7 +53,9 @@ impl std::str::FromStr for Access {
             "backup" => Ok(Access::Backup),
             "restore" => Ok(Access::Restore),
             "prune" => Ok(Access::Prune),
-            other => Err(format!("unknown access {other:?} (backup, restore or prune)")),
+            other => Err(format!(
+                "unknown access {other:?} (backup, restore or prune)"
+            )),
         }
     }
 }
@@ -105,9 +109,10 @@ impl ScopedCredential {
 
     fn check_scope(&self, dest: &Destination) -> Result<(), StorageError> {
         let ok = match (self, dest) {
-            (ScopedCredential::Azure { container, .. }, Destination::Azure { container: c, .. }) => {
-                container == c
-            }
+            (
+                ScopedCredential::Azure { container, .. },
+                Destination::Azure { container: c, .. },
+            ) => container == c,
             _ => false,
         };
         if !ok {
@@ -126,7 +131,10 @@ impl ScopedCredential {
     }
 
     /// The account settings to open `dest` with this credential.
-    pub(super) fn azure_account_for(&self, dest: &Destination) -> Result<AzureAccount, StorageError> {
+    pub(super) fn azure_account_for(
+        &self,
+        dest: &Destination,
+    ) -> Result<AzureAccount, StorageError> {
         self.check_scope(dest)?;
         match self {
             ScopedCredential::Azure {
@@ -190,4 +198,3 @@ fn not_account(dest: &Destination) -> StorageError {
         reason: "minting needs the account credentials for this destination".into(),
     }
 }
-
