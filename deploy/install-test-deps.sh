@@ -29,15 +29,13 @@ PACKAGES=(
     bash        # (essential) runs the fixture script
 )
 
-# ------------------------------------------------- storage services (later)
-# Azurite (the Azure Blob emulator, from npm) and a single-node OpenStack Swift
-# (Debian's swift packages) will be installed here: add their Debian packages to
-# SERVICE_PACKAGES, and npm installs to install_services() below.
-SERVICE_PACKAGES=()
+# ---------------------------------------------------------- storage services
+# Azurite (npm) and Swift (Debian packages) are installed and started by
+# deploy/services/up.sh, which deploy/test.sh runs next; the Azure SDK for
+# duplicity's azure:// backend by deploy/services/install-duplicity.sh.
+SERVICE_PACKAGES=(curl)
 
-install_services() {
-    : # e.g. Azurite: npm install --global azurite@<version>  (not yet)
-}
+install_services() { :; }
 
 # ---------------------------------------------------------------- machinery
 log() { printf 'install-test-deps: %s\n' "$*"; }

@@ -31,6 +31,13 @@ export SWIFT_USER2=test2:tester2
 export SWIFT_KEY2=testing2
 # python-swiftclient's CLI names
 export ST_AUTH="$SWIFT_AUTH_URL" ST_USER="$SWIFT_USER" ST_KEY="$SWIFT_KEY"
+# the names duplicity's swift:// backend (and flotilla-agent) read
+export SWIFT_AUTHURL="$SWIFT_AUTH_URL" SWIFT_AUTHVERSION=1
+export SWIFT_USERNAME="$SWIFT_USER" SWIFT_PASSWORD="$SWIFT_KEY"
+
+# --- duplicity's azure:// backend -------------------------------------------------
+# azure-storage-blob installed by install-duplicity.sh, for PYTHONPATH
+export FLOTILLA_DUPLICITY_AZURE_SITE="${FLOTILLA_SERVICES_DIR:-/tmp/flotilla-services}/duplicity-azure/site"
 
 # --- Keystone v3 (only when started with SWIFT_KEYSTONE=1) ---------------------
 export SWIFT_KEYSTONE_URL="http://127.0.0.1:${SWIFT_KEYSTONE_PORT:-6050}/v3"
