@@ -14,7 +14,8 @@ use flotilla_common::crypto::{
     Compression, DecryptionKeys, EncryptionSpec, Passphrase, PublicKey, SecretKey,
 };
 use flotilla_common::storage::{
-    BlockingStore, Credentials, Destination, OpenOptions, ScopedCredential, open_blocking_with,
+    BlockingStore, Credentials, Destination, OpenOptions, RetryPolicy, ScopedCredential,
+    open_blocking_with,
 };
 use flotilla_common::timespec::{parse_interval, parse_time};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -78,6 +79,14 @@ struct Cli {
         env = "FLOTILLA_CREDENTIALS_FILE"
     )]
     credentials: Option<PathBuf>,
+    /// Retries of a failing storage request (5xx, timeouts, dropped connections),
+    /// with exponential backoff; also bounds resuming an interrupted download.
+    #[arg(long, global = true, value_name = "N", default_value_t = 8)]
+    storage_retries: u32,
+    /// No storage retry starts later than SECS after a request's first attempt: a
+    /// store that stays down fails the run instead of stalling it.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 120.0)]
+    storage_retry_time: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -404,10 +413,16 @@ fn open_store(cli: &Cli, url: &str, rt: &tokio::runtime::Runtime) -> Result<Bloc
         }
         None => Credentials::FromEnvironment,
     };
-    let options = OpenOptions {
-        credentials,
-        ..OpenOptions::default()
+    anyhow::ensure!(
+        cli.storage_retry_time.is_finite() && cli.storage_retry_time >= 0.0,
+        "--storage-retry-time must be a number of seconds >= 0"
+    );
+    let retry = RetryPolicy {
+        max_retries: cli.storage_retries,
+        max_elapsed: std::time::Duration::from_secs_f64(cli.storage_retry_time),
+        ..RetryPolicy::default()
     };
+    let options = OpenOptions { credentials, retry };
     if matches!(cli.command, Command::Backup { .. })
         && matches!(options.credentials, Credentials::FromEnvironment)
     {

@@ -1,11 +1,11 @@
 //! Synchronous access to an object store for the engine's worker threads.
 
-use super::StorageError;
+use super::{RetryPolicy, StorageError};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub struct BlockingStore {
     /// For `file://`: the directory, listed directly (object_store's listing fails on
     /// a single foreign file with a non-UTF-8 name, and hides staging files).
     local_dir: Option<PathBuf>,
+    /// Bounds for resuming interrupted downloads.
+    retry: RetryPolicy,
 }
 
 /// Size of the pieces handed to the object store writer.
@@ -42,7 +44,13 @@ impl BlockingStore {
             rt,
             label: label.into(),
             local_dir: None,
+            retry: RetryPolicy::default(),
         }
+    }
+
+    /// How often and how long an interrupted download is resumed.
+    pub fn set_retry(&mut self, retry: RetryPolicy) {
+        self.retry = retry;
     }
 
     /// Lists this local directory directly instead of through object_store.
@@ -112,11 +120,18 @@ impl BlockingStore {
             .block_on(async move { store.get(&path).await })
             .map_err(|e| self.map_err("get", name, e))?;
         Ok(ObjectReader {
+            size: res.meta.size,
+            e_tag: res.meta.e_tag.clone(),
             stream: res.into_stream(),
             rt: self.rt.clone(),
             current: Bytes::new(),
             label: self.label.clone(),
             name: name.to_string(),
+            store: self.store.clone(),
+            offset: 0,
+            resumes: 0,
+            started: std::time::Instant::now(),
+            retry: self.retry.clone(),
         })
     }
 
@@ -264,28 +279,93 @@ pub struct ObjectReader {
     current: Bytes,
     label: String,
     name: String,
+    store: Arc<dyn ObjectStore>,
+    /// Object size and version when the download started.
+    size: u64,
+    e_tag: Option<String>,
+    /// Bytes received so far.
+    offset: u64,
+    resumes: u32,
+    started: std::time::Instant,
+    retry: RetryPolicy,
+}
+
+impl ObjectReader {
+    /// Continues an interrupted download where it stopped (a ranged GET of the same
+    /// version of the object), within the retry bounds. Returns the original error
+    /// when the bounds are exhausted or the object changed.
+    fn resume(&mut self, cause: io::Error) -> io::Result<()> {
+        loop {
+            self.resumes += 1;
+            if !self.retry.may_retry(self.resumes, self.started.elapsed()) {
+                return Err(cause);
+            }
+            tracing::warn!(
+                "{}: download of {} interrupted at byte {} of {} ({cause}); resuming",
+                self.label,
+                self.name,
+                self.offset,
+                self.size
+            );
+            std::thread::sleep(self.retry.backoff(self.resumes));
+            let opts = GetOptions {
+                range: Some(GetRange::Offset(self.offset)),
+                if_match: self.e_tag.clone(),
+                ..Default::default()
+            };
+            let store = self.store.clone();
+            let path = ObjectPath::from(self.name.as_str());
+            match self
+                .rt
+                .block_on(async move { store.get_opts(&path, opts).await })
+            {
+                Ok(res) => {
+                    self.stream = res.into_stream();
+                    return Ok(());
+                }
+                Err(e) if super::object_store_error_is_retryable(&e) => continue,
+                Err(e) => {
+                    return Err(classify(&self.label, "resume download", &self.name, e).into_io());
+                }
+            }
+        }
+    }
 }
 
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         while self.current.is_empty() {
             match self.rt.block_on(self.stream.next()) {
-                None => return Ok(0),
+                None if self.offset >= self.size => return Ok(0),
+                None => {
+                    let cause = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{}: download of {} ended at byte {} of {}",
+                            self.label, self.name, self.offset, self.size
+                        ),
+                    );
+                    self.resume(cause)?;
+                }
                 Some(Ok(b)) => self.current = b,
                 Some(Err(e)) => {
-                    return Err(StorageError::Backend {
-                        destination: self.label.clone(),
-                        operation: "read",
-                        name: self.name.clone(),
-                        error: Box::new(e),
+                    let retryable = super::object_store_error_is_retryable(&e)
+                        || matches!(e, object_store::Error::Generic { .. });
+                    let cause = classify(&self.label, "read", &self.name, e).into_io();
+                    if !retryable {
+                        return Err(cause);
                     }
-                    .into_io());
+                    self.resume(cause)?;
                 }
             }
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
         let _ = self.current.split_to(n);
+        self.offset += n as u64;
         Ok(n)
     }
 }

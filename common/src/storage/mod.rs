@@ -401,6 +401,7 @@ pub fn open_blocking_with(
     let dest = Destination::parse(url)?;
     let store = dest.open(options)?;
     let mut b = BlockingStore::new(store, rt, dest.to_string());
+    b.set_retry(options.retry.clone());
     if let Destination::File { path } = &dest {
         b.set_local_dir(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
     }
