@@ -411,6 +411,7 @@ pub fn open_blocking_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn parses_urls() {
@@ -426,6 +427,34 @@ mod tests {
                 path: "rel/dir".into()
             }
         );
+        assert_eq!(
+            Destination::parse("azure://host-a").unwrap(),
+            Destination::Azure {
+                container: "host-a".into(),
+                prefix: "".into()
+            }
+        );
+        let d = Destination::parse("swift://backups/web 01/etc/").unwrap();
+        assert_eq!(
+            d,
+            Destination::Swift {
+                container: "backups".into(),
+                prefix: "web 01/etc".into()
+            }
+        );
+        assert_eq!(d.to_string(), "swift://backups/web 01/etc");
+        for bad in [
+            "azure://",
+            "azure://UPPER",
+            "azure://ab",
+            "azure://a--b",
+            "swift://",
+            "swift://c/../x",
+            "swift://c/a//b",
+        ] {
+            let e = Destination::parse(bad).unwrap_err();
+            assert!(matches!(e, StorageError::BadUrl { .. }), "{bad}: {e}");
+        }
         assert!(matches!(
             Destination::parse("s3://x"),
             Err(StorageError::UnsupportedScheme { .. })
