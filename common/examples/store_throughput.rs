@@ -21,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut large_mb, mut small, mut small_kb) = (256usize, 1000usize, 16usize);
     while let Some(a) = args.next() {
         let mut num = |name: &str| -> Result<usize, Box<dyn std::error::Error>> {
-            Ok(args.next().ok_or(format!("{name} needs a value"))?.parse()?)
+            Ok(args
+                .next()
+                .ok_or(format!("{name} needs a value"))?
+                .parse()?)
         };
         match a.as_str() {
             "--large-mb" => large_mb = num("--large-mb")?,

@@ -5,6 +5,7 @@
 //! A test that needs a service fails (never skips) when its settings are missing.
 
 use flotilla_common::storage::azure::AzureAccount;
+use flotilla_common::storage::swift::{SwiftConfig, SwiftStore};
 use flotilla_common::storage::{Credentials, Destination, OpenOptions};
 use object_store::ObjectStore;
 use std::sync::Arc;
@@ -96,6 +97,15 @@ impl TestStore {
     /// The store opened with the account credentials.
     pub fn open(&self) -> Arc<dyn ObjectStore> {
         let _guard = self.rt.enter();
+        if self.service == Service::Swift {
+            // Small listing pages, so that pagination is exercised with few objects.
+            let container = self.destination.container().expect("container");
+            return Arc::new(
+                SwiftStore::new(swift_config(container))
+                    .expect("Swift store")
+                    .with_list_page_size(7),
+            );
+        }
         self.destination
             .open(&self.account_options())
             .expect("open test store")
@@ -137,13 +147,58 @@ impl Drop for TestStore {
     }
 }
 
-fn swift_store(rt: tokio::runtime::Runtime, _tag: &str) -> TestStore {
-    drop(rt);
-    panic!("Swift test stores are not available yet");
+/// Account credentials for Swift from the environment (duplicity's variable names,
+/// exported by deploy/services/env.sh).
+fn swift_config(container: &str) -> SwiftConfig {
+    require("SWIFT_AUTHURL", "Swift");
+    SwiftConfig::from_env(container).expect("Swift settings from the environment")
+}
+
+/// The variables an agent (and stock duplicity) needs for the test Swift account.
+fn swift_env() -> Vec<(String, String)> {
+    let mut env = vec![];
+    for var in [
+        "SWIFT_AUTHURL",
+        "SWIFT_AUTHVERSION",
+        "SWIFT_USERNAME",
+        "SWIFT_PASSWORD",
+        // duplicity's swiftclient service uses v1 auth only with these set too.
+        "ST_AUTH",
+        "ST_USER",
+        "ST_KEY",
+    ] {
+        env.push((var.to_string(), require(var, "Swift")));
+    }
+    env
+}
+
+fn swift_store(rt: tokio::runtime::Runtime, tag: &str) -> TestStore {
+    let container = unique_container(tag);
+    let destination = Destination::Swift {
+        container: container.clone(),
+        prefix: String::new(),
+    };
+    let options = OpenOptions {
+        credentials: swift_credentials(),
+        ..OpenOptions::default()
+    };
+    rt.block_on(destination.create_container(&options))
+        .expect("create Swift container");
+    TestStore {
+        service: Service::Swift,
+        destination,
+        env: swift_env(),
+        _dir: None,
+        rt,
+    }
 }
 
 fn swift_credentials() -> Credentials {
-    Credentials::FromEnvironment
+    Credentials::Swift(swift_config("unused").auth)
 }
 
-fn swift_delete_container(_rt: &tokio::runtime::Runtime, _container: &str) {}
+fn swift_delete_container(rt: &tokio::runtime::Runtime, container: &str) {
+    if let Ok(store) = SwiftStore::new(swift_config(container)) {
+        let _ = rt.block_on(store.delete_container());
+    }
+}

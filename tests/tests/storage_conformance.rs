@@ -337,4 +337,5 @@ macro_rules! conformance {
 conformance! {
     file => Service::File,
     azurite => Service::Azurite,
+    swift => Service::Swift,
 }

@@ -118,7 +118,9 @@ pub fn object_store_error_is_retryable(e: &object_store::Error) -> bool {
         E::Generic { source, .. } => {
             let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
             while let Some(err) = cur {
-                // SWIFT-PENDING: downcast swift::SwiftError
+                if let Some(s) = err.downcast_ref::<swift::SwiftError>() {
+                    return s.is_retryable();
+                }
                 if let Some(h) = err.downcast_ref::<object_store::client::HttpError>() {
                     use object_store::client::HttpErrorKind as K;
                     return matches!(
@@ -172,7 +174,7 @@ pub enum Credentials {
     /// Explicit Azure account credentials.
     Azure(azure::AzureAccount),
     /// Explicit Swift credentials.
-    // SWIFT-PENDING: Swift(swift::SwiftAuth),
+    Swift(swift::SwiftAuth),
     /// A credential minted for one container and one kind of job.
     Scoped(ScopedCredential),
 }
@@ -294,7 +296,7 @@ impl Destination {
                     Credentials::FromEnvironment => azure::AzureAccount::from_env()?,
                     Credentials::Azure(a) => a.clone(),
                     Credentials::Scoped(c) => c.azure_account_for(self)?,
-                    // SWIFT-PENDING: Credentials::Swift(_) => return Err(self.wrong_credentials("Swift")),
+                    Credentials::Swift(_) => return Err(self.wrong_credentials("Swift")),
                 };
                 Arc::new(account.open(container, &options.retry)?)
             }
@@ -372,18 +374,66 @@ impl std::fmt::Display for Destination {
 
 fn swift_open(
     dest: &Destination,
-    _options: &OpenOptions,
+    options: &OpenOptions,
 ) -> Result<Arc<dyn ObjectStore>, StorageError> {
-    Err(StorageError::UnsupportedScheme {
-        scheme: "swift".into(),
-        url: dest.to_string(),
+    Ok(Arc::new(swift_store(dest, options)?))
+}
+
+/// The Swift client for a `swift://` destination (container level; `open` adds the
+/// prefix).
+pub(crate) fn swift_store(
+    dest: &Destination,
+    options: &OpenOptions,
+) -> Result<swift::SwiftStore, StorageError> {
+    let Destination::Swift { container, .. } = dest else {
+        unreachable!("swift_store called for {dest}");
+    };
+    let config_err = |e: swift::SwiftError| StorageError::MissingCredentials {
+        destination: dest.to_string(),
+        hint: e.to_string(),
+    };
+    let store = match &options.credentials {
+        Credentials::FromEnvironment => {
+            let mut config = swift::SwiftConfig::from_env(container).map_err(config_err)?;
+            config.retry = options.retry.clone();
+            swift::SwiftStore::new(config)
+        }
+        Credentials::Swift(auth) => swift::SwiftStore::new(swift::SwiftConfig {
+            auth: auth.clone(),
+            container: container.clone(),
+            storage_url_override: None,
+            retry: options.retry.clone(),
+        }),
+        Credentials::Scoped(c) => {
+            let grant = c.swift_grant_for(dest)?;
+            swift::SwiftStore::from_temp_url_grant(grant, options.retry.clone())
+        }
+        Credentials::Azure(_) => return Err(dest.wrong_credentials("Azure")),
+    };
+    store.map_err(|e| StorageError::BadCredentials {
+        destination: dest.to_string(),
+        reason: e.to_string(),
     })
 }
 
 async fn swift_create_container(
-    _dest: &Destination,
-    _options: &OpenOptions,
+    dest: &Destination,
+    options: &OpenOptions,
 ) -> Result<bool, StorageError> {
+    if matches!(options.credentials, Credentials::Scoped(_)) {
+        return Ok(false);
+    }
+    let store = swift_store(dest, options)?;
+    store
+        .ensure_container()
+        .await
+        .map_err(|e| StorageError::Backend {
+            destination: dest.to_string(),
+            operation: "create container",
+            name: dest.container().unwrap_or_default().to_string(),
+            error: Box::new(e),
+        })?;
+    // Swift answers 201 or 202 alike for new and existing containers.
     Ok(false)
 }
 

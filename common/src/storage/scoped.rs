@@ -8,6 +8,7 @@
 //!   listing taken when it was minted; the engine only lists when a job starts.
 
 use super::azure::AzureAccount;
+use super::swift::{SwiftStore, TempUrlGrant};
 use super::{Destination, Secret, StorageError};
 use chrono::{DateTime, Utc};
 
@@ -74,18 +75,29 @@ pub enum ScopedCredential {
         expires: DateTime<Utc>,
         sas: Secret,
     },
+    Swift {
+        access: Access,
+        /// Signatures for the job's HTTP methods under the destination's prefix, and
+        /// the listing at mint time.
+        grant: TempUrlGrant,
+    },
 }
 
 impl ScopedCredential {
     pub fn access(&self) -> Access {
         match self {
-            ScopedCredential::Azure { access, .. } => *access,
+            ScopedCredential::Azure { access, .. } | ScopedCredential::Swift { access, .. } => {
+                *access
+            }
         }
     }
 
     pub fn expires(&self) -> DateTime<Utc> {
         match self {
             ScopedCredential::Azure { expires, .. } => *expires,
+            ScopedCredential::Swift { grant, .. } => {
+                DateTime::from_timestamp(grant.expires as i64, 0).unwrap_or_default()
+            }
         }
     }
 
@@ -93,6 +105,14 @@ impl ScopedCredential {
     pub fn scope(&self) -> String {
         match self {
             ScopedCredential::Azure { container, .. } => format!("azure://{container}"),
+            ScopedCredential::Swift { grant, .. } => {
+                let prefix = grant.prefix.trim_end_matches('/');
+                if prefix.is_empty() {
+                    format!("swift://{}", grant.container)
+                } else {
+                    format!("swift://{}/{prefix}", grant.container)
+                }
+            }
         }
     }
 
@@ -113,6 +133,15 @@ impl ScopedCredential {
                 ScopedCredential::Azure { container, .. },
                 Destination::Azure { container: c, .. },
             ) => container == c,
+            (ScopedCredential::Swift { grant, .. }, Destination::Swift { container, prefix }) => {
+                // Every object of the destination must fall under the grant's prefix.
+                let objects = if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                };
+                &grant.container == container && objects.starts_with(&grant.prefix)
+            }
             _ => false,
         };
         if !ok {
@@ -148,6 +177,16 @@ impl ScopedCredential {
                 sas: Some(sas.clone()),
                 endpoint: Some(endpoint.clone()),
             }),
+            ScopedCredential::Swift { .. } => unreachable!("checked by check_scope"),
+        }
+    }
+
+    /// The TempURL grant to open `dest` with this credential.
+    pub(super) fn swift_grant_for(&self, dest: &Destination) -> Result<TempUrlGrant, StorageError> {
+        self.check_scope(dest)?;
+        match self {
+            ScopedCredential::Swift { grant, .. } => Ok(grant.clone()),
+            ScopedCredential::Azure { .. } => unreachable!("checked by check_scope"),
         }
     }
 }
@@ -181,10 +220,38 @@ pub async fn mint(
                 sas,
             })
         }
-        Destination::Swift { .. } => Err(StorageError::UnsupportedScheme {
-            scheme: "swift".into(),
-            url: dest.to_string(),
-        }),
+        Destination::Swift { container, prefix } => {
+            let options = super::OpenOptions {
+                credentials: match credentials {
+                    super::Credentials::FromEnvironment | super::Credentials::Swift(_) => {
+                        credentials.clone()
+                    }
+                    _ => return Err(not_account(dest)),
+                },
+                ..Default::default()
+            };
+            let store: SwiftStore = super::swift_store(dest, &options)?;
+            let grant_prefix = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            };
+            let methods: &[&str] = match access {
+                Access::Backup => &["GET", "HEAD", "PUT"],
+                Access::Restore => &["GET", "HEAD"],
+                Access::Prune => &["GET", "HEAD", "DELETE"],
+            };
+            let grant = store
+                .mint_temp_url_grant(&grant_prefix, methods, expires.into(), true)
+                .await
+                .map_err(|e| StorageError::Backend {
+                    destination: dest.to_string(),
+                    operation: "mint TempURL grant",
+                    name: container.clone(),
+                    error: Box::new(e),
+                })?;
+            Ok(ScopedCredential::Swift { access, grant })
+        }
         Destination::File { .. } => Err(StorageError::BadCredentials {
             destination: dest.to_string(),
             reason: "local directories have no scoped credentials".into(),
