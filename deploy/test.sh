@@ -19,7 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/install-test-deps.sh
-bash deploy/services/up.sh
+# Keystone too: the Swift client's v3 authentication is tested against it.
+SWIFT_KEYSTONE=1 bash deploy/services/up.sh
 bash deploy/services/install-duplicity.sh
 # shellcheck disable=SC1091
 . deploy/services/env.sh
