@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod bins;
 pub mod duplicity;
+pub mod faults;
 pub mod fixture;
 pub mod gpg;
 pub mod stores;
