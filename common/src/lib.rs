@@ -8,5 +8,6 @@
 
 pub mod archive;
 pub mod crypto;
+pub mod proto;
 pub mod storage;
 pub mod timespec;
