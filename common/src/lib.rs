@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod crypto;
+pub mod policy;
 pub mod proto;
 pub mod storage;
 pub mod timespec;
