@@ -1,0 +1,482 @@
+//! The coordinator's catalog in sled: hosts, enrollment tokens, policy revisions,
+//! jobs, backup sets, processed results and the audit log.
+//!
+//! Every value is stored as one version byte followed by JSON, so the schema can
+//! evolve: a reader that meets a newer version refuses with a clear error instead of
+//! misreading. Keys are chosen so that range scans answer the reports (sets by host
+//! and time, audit by time). sled flushes on every write that must survive a crash
+//! (tokens, results, sets); the rest is flushed every few hundred milliseconds by sled.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Schema version of the values this build writes.
+const VALUE_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog: {0}")]
+    Storage(#[from] sled::Error),
+    #[error(
+        "catalog: {tree}/{key}: value version {found} is newer than this coordinator understands ({VALUE_VERSION}); upgrade the coordinator"
+    )]
+    NewerVersion {
+        tree: &'static str,
+        key: String,
+        found: u8,
+    },
+    #[error("catalog: {tree}/{key}: corrupt value: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("enrollment token refused: {0}")]
+    Token(TokenRefusal),
+    #[error("{what} {key:?} not found")]
+    NotFound { what: &'static str, key: String },
+}
+
+/// Why an enrollment token was refused (recorded in the audit log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenRefusal {
+    Unknown,
+    AlreadyUsed,
+    Expired,
+}
+
+impl std::fmt::Display for TokenRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRefusal::Unknown => "unknown token",
+            TokenRefusal::AlreadyUsed => "token already used",
+            TokenRefusal::Expired => "token expired",
+        })
+    }
+}
+
+/// An enrollment token, stored by its SHA-256 only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub labels: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// Host that used it; a token works once.
+    pub used_by: Option<String>,
+}
+
+/// An enrolled host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    /// SHA-256 of the client certificate (DER), hex.
+    pub cert_fingerprint: String,
+    pub signing_public_key: String,
+    pub agent_version: String,
+    pub enrolled_at: i64,
+    pub last_seen: i64,
+    pub policy_revision_applied: u64,
+}
+
+/// One stored revision of the policy file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRevision {
+    pub revision: u64,
+    pub file_name: String,
+    pub toml: String,
+    pub applied_at: i64,
+    pub applied_by: String,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    /// Who: `admin:<cert CN>`, `host:<id>`, `anonymous@<addr>`.
+    pub actor: String,
+    pub action: String,
+    pub outcome: String,
+}
+
+/// A backup set known to the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRecord {
+    pub host_id: String,
+    /// "full" or "incremental".
+    pub kind: String,
+    /// Unix seconds; 0 for a full set.
+    pub start_time: i64,
+    pub end_time: i64,
+    pub volumes: u32,
+    pub bytes: u64,
+    pub files: u64,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![VALUE_VERSION];
+    serde_json::to_writer(&mut out, value).expect("catalog values serialize");
+    out
+}
+
+fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, CatalogError> {
+    let key_text = || String::from_utf8_lossy(key).into_owned();
+    match bytes.split_first() {
+        Some((&VALUE_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|e| CatalogError::Corrupt {
+                tree,
+                key: key_text(),
+                reason: e.to_string(),
+            })
+        }
+        Some((&v, _)) if v > VALUE_VERSION => Err(CatalogError::NewerVersion {
+            tree,
+            key: key_text(),
+            found: v,
+        }),
+        _ => Err(CatalogError::Corrupt {
+            tree,
+            key: key_text(),
+            reason: "unknown value version".into(),
+        }),
+    }
+}
+
+/// SHA-256 of a token, hex: what the catalog keeps instead of the token.
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The catalog.
+#[derive(Clone)]
+pub struct Catalog {
+    db: sled::Db,
+    hosts: sled::Tree,
+    tokens: sled::Tree,
+    policies: sled::Tree,
+    sets: sled::Tree,
+    results: sled::Tree,
+    audit: sled::Tree,
+}
+
+impl Catalog {
+    pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()?;
+        Ok(Catalog {
+            hosts: db.open_tree("hosts")?,
+            tokens: db.open_tree("tokens")?,
+            policies: db.open_tree("policies")?,
+            sets: db.open_tree("sets")?,
+            results: db.open_tree("results")?,
+            audit: db.open_tree("audit")?,
+            db,
+        })
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub fn flush(&self) -> Result<(), CatalogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- tokens
+
+    /// Stores a new token (by hash) and returns the token itself, shown once.
+    pub fn create_token(
+        &self,
+        labels: BTreeMap<String, String>,
+        now: i64,
+        ttl_secs: u64,
+    ) -> Result<(String, TokenRecord), CatalogError> {
+        let token = format!("flt1-{}", hex(&rand::random::<[u8; 24]>()));
+        let rec = TokenRecord {
+            labels,
+            created_at: now,
+            expires_at: now.saturating_add(ttl_secs as i64),
+            used_by: None,
+        };
+        self.tokens.insert(token_hash(&token), encode(&rec))?;
+        self.tokens.flush()?;
+        Ok((token, rec))
+    }
+
+    /// Marks a token used by `host_id`, atomically: of two concurrent enrollments with
+    /// the same token, exactly one wins.
+    pub fn consume_token(
+        &self,
+        token: &str,
+        host_id: &str,
+        now: i64,
+    ) -> Result<TokenRecord, CatalogError> {
+        let key = token_hash(token);
+        let mut refusal = None;
+        let mut granted = None;
+        self.tokens.fetch_and_update(key.as_bytes(), |old| {
+            let old = old?;
+            let Ok(mut rec) = decode::<TokenRecord>("tokens", key.as_bytes(), old) else {
+                refusal = Some(TokenRefusal::Unknown);
+                return Some(old.to_vec());
+            };
+            if rec.used_by.is_some() {
+                refusal = Some(TokenRefusal::AlreadyUsed);
+                return Some(old.to_vec());
+            }
+            if now >= rec.expires_at {
+                refusal = Some(TokenRefusal::Expired);
+                return Some(old.to_vec());
+            }
+            rec.used_by = Some(host_id.to_string());
+            refusal = None;
+            granted = Some(rec.clone());
+            Some(encode(&rec))
+        })?;
+        self.tokens.flush()?;
+        match (granted, refusal) {
+            (Some(rec), _) => Ok(rec),
+            (None, Some(r)) => Err(CatalogError::Token(r)),
+            (None, None) => Err(CatalogError::Token(TokenRefusal::Unknown)),
+        }
+    }
+
+    // ----------------------------------------------------------------- hosts
+
+    pub fn put_host(&self, host: &HostRecord) -> Result<(), CatalogError> {
+        self.hosts.insert(host.host_id.as_bytes(), encode(host))?;
+        Ok(())
+    }
+
+    pub fn host(&self, host_id: &str) -> Result<Option<HostRecord>, CatalogError> {
+        self.hosts
+            .get(host_id.as_bytes())?
+            .map(|v| decode("hosts", host_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn hosts(&self) -> Result<Vec<HostRecord>, CatalogError> {
+        self.hosts
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("hosts", &k, &v)
+            })
+            .collect()
+    }
+
+    pub fn remove_host(&self, host_id: &str) -> Result<bool, CatalogError> {
+        Ok(self.hosts.remove(host_id.as_bytes())?.is_some())
+    }
+
+    // -------------------------------------------------------------- policies
+
+    /// Stores the next revision and returns its number.
+    pub fn put_policy(
+        &self,
+        file_name: &str,
+        toml: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<u64, CatalogError> {
+        let revision = self.current_policy()?.map_or(1, |p| p.revision + 1);
+        let rec = PolicyRevision {
+            revision,
+            file_name: file_name.to_string(),
+            toml: toml.to_string(),
+            applied_at: now,
+            applied_by: by.to_string(),
+        };
+        self.policies.insert(revision.to_be_bytes(), encode(&rec))?;
+        self.policies.flush()?;
+        Ok(revision)
+    }
+
+    pub fn current_policy(&self) -> Result<Option<PolicyRevision>, CatalogError> {
+        self.policies
+            .last()?
+            .map(|(k, v)| decode("policies", &k, &v))
+            .transpose()
+    }
+
+    pub fn policy(&self, revision: u64) -> Result<Option<PolicyRevision>, CatalogError> {
+        self.policies
+            .get(revision.to_be_bytes())?
+            .map(|v| decode("policies", &revision.to_be_bytes(), &v))
+            .transpose()
+    }
+
+    // ------------------------------------------------------------------ sets
+
+    fn set_key(host_id: &str, end_time: i64) -> Vec<u8> {
+        let mut k = host_id.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(&end_time.to_be_bytes());
+        k
+    }
+
+    /// Records a backup set (idempotent: the same set again replaces itself).
+    pub fn put_set(&self, set: &SetRecord) -> Result<(), CatalogError> {
+        self.sets
+            .insert(Self::set_key(&set.host_id, set.end_time), encode(set))?;
+        Ok(())
+    }
+
+    /// A host's sets, oldest first.
+    pub fn sets(&self, host_id: &str) -> Result<Vec<SetRecord>, CatalogError> {
+        let mut prefix = host_id.as_bytes().to_vec();
+        prefix.push(0);
+        self.sets
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("sets", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Replaces all of a host's sets (catalog rebuild from a storage listing).
+    pub fn replace_sets(&self, host_id: &str, sets: &[SetRecord]) -> Result<(), CatalogError> {
+        let mut prefix = host_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut batch = sled::Batch::default();
+        for kv in self.sets.scan_prefix(&prefix) {
+            batch.remove(kv?.0);
+        }
+        for s in sets {
+            batch.insert(Self::set_key(host_id, s.end_time), encode(s));
+        }
+        self.sets.apply_batch(batch)?;
+        self.sets.flush()?;
+        Ok(())
+    }
+
+    // --------------------------------------------------------------- results
+
+    /// Records that a result was processed; false when it had been already (a result
+    /// re-sent after a reconnect must not count twice).
+    pub fn mark_result(&self, result_id: &str, now: i64) -> Result<bool, CatalogError> {
+        let fresh = self
+            .results
+            .compare_and_swap(
+                result_id.as_bytes(),
+                None as Option<&[u8]>,
+                Some(encode(&now)),
+            )?
+            .is_ok();
+        self.results.flush()?;
+        Ok(fresh)
+    }
+
+    // ----------------------------------------------------------------- audit
+
+    pub fn audit(&self, entry: &AuditEntry) -> Result<(), CatalogError> {
+        // Time first for range scans; a sled id makes equal times distinct.
+        let mut key = entry.at_ms.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        self.audit.insert(key, encode(entry))?;
+        Ok(())
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, CatalogError> {
+        self.audit
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("audit", &k, &v)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> BTreeMap<String, String> {
+        [("role".to_string(), "web".to_string())].into()
+    }
+
+    #[test]
+    fn tokens_work_once_and_expire_and_are_stored_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        let (token, rec) = c.create_token(labels(), 1000, 60).unwrap();
+        assert_eq!(rec.expires_at, 1060);
+        assert!(
+            c.tokens.get(token.as_bytes()).unwrap().is_none(),
+            "stored in clear"
+        );
+        assert_eq!(
+            c.consume_token(&token, "h1", 1001).unwrap().labels,
+            labels()
+        );
+        assert!(matches!(
+            c.consume_token(&token, "h2", 1002),
+            Err(CatalogError::Token(TokenRefusal::AlreadyUsed))
+        ));
+        let (late, _) = c.create_token(labels(), 1000, 60).unwrap();
+        assert!(matches!(
+            c.consume_token(&late, "h3", 1060),
+            Err(CatalogError::Token(TokenRefusal::Expired))
+        ));
+        assert!(matches!(
+            c.consume_token("flt1-nope", "h4", 1000),
+            Err(CatalogError::Token(TokenRefusal::Unknown))
+        ));
+    }
+
+    #[test]
+    fn survives_reopen_and_keeps_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Catalog::open(dir.path()).unwrap();
+            assert_eq!(c.put_policy("p.toml", "a", "admin", 1).unwrap(), 1);
+            assert_eq!(c.put_policy("p.toml", "b", "admin", 2).unwrap(), 2);
+            for (t, kind) in [(300, "incremental"), (100, "full"), (200, "incremental")] {
+                c.put_set(&SetRecord {
+                    host_id: "h1".into(),
+                    kind: kind.into(),
+                    start_time: 0,
+                    end_time: t,
+                    volumes: 1,
+                    bytes: 1,
+                    files: 1,
+                })
+                .unwrap();
+            }
+            assert!(c.mark_result("r1", 5).unwrap());
+            assert!(!c.mark_result("r1", 6).unwrap());
+            c.flush().unwrap();
+        }
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.current_policy().unwrap().unwrap().toml, "b");
+        let times: Vec<i64> = c.sets("h1").unwrap().iter().map(|s| s.end_time).collect();
+        assert_eq!(times, vec![100, 200, 300]);
+        assert!(c.sets("h").unwrap().is_empty(), "prefix of another host id");
+        assert!(!c.mark_result("r1", 7).unwrap());
+    }
+
+    #[test]
+    fn newer_or_corrupt_values_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        c.hosts.insert("h1", vec![9u8, b'{', b'}']).unwrap();
+        let e = c.host("h1").unwrap_err().to_string();
+        assert!(e.contains("newer") && e.contains("hosts/h1"), "{e}");
+        c.hosts.insert("h2", vec![1u8, b'x']).unwrap();
+        assert!(matches!(c.host("h2"), Err(CatalogError::Corrupt { .. })));
+    }
+}
