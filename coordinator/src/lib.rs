@@ -2,3 +2,4 @@
 //! vending and the gRPC services follow. The `flotilla` binary is a thin CLI over it.
 
 pub mod catalog;
+pub mod pki;
