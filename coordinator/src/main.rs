@@ -27,6 +27,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create the coordinator's certificate authority, its server certificate and an
+    /// admin certificate in DIR/pki (refuses an initialised directory).
+    Init {
+        /// Coordinator state directory.
+        #[arg(
+            long,
+            default_value = "/var/lib/flotilla",
+            env = "FLOTILLA_COORDINATOR_DIR"
+        )]
+        dir: PathBuf,
+        /// Names agents use to reach the coordinator (DNS names or IP addresses);
+        /// repeatable.
+        #[arg(long = "server-name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        server_names: Vec<String>,
+        /// Name in the admin certificate (audit log actor).
+        #[arg(long, default_value = "admin")]
+        admin: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mint a short-lived credential for one container from the account credentials in
     /// the environment (the same variables flotilla-agent reads), for
     /// `flotilla-agent --credentials FILE`.
@@ -60,6 +81,35 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Init {
+            dir,
+            server_names,
+            admin,
+            json,
+        } => {
+            let report = flotilla_coordinator::pki::init(&dir.join("pki"), &server_names, &admin)?;
+            if json {
+                let files: Vec<String> = report
+                    .files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "dir": dir, "files": files, "server_names": server_names })
+                );
+            } else {
+                println!("Initialised the coordinator in {}:", dir.display());
+                for f in &report.files {
+                    println!("  {}", f.display());
+                }
+                println!(
+                    "The *.key files are secrets (mode 0600). Give admin.pem, admin.key and ca.pem \
+                     to operators for the admin CLI; agents enroll with a token (`flotilla token create`)."
+                );
+            }
+            Ok(())
+        }
         Command::MintCredential {
             url,
             access,
