@@ -386,6 +386,8 @@ impl Catalog {
         let mut key = entry.at_ms.to_be_bytes().to_vec();
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         self.audit.insert(key, encode(entry))?;
+        // Durable at once: a refusal must be on record even if the process dies next.
+        self.audit.flush()?;
         Ok(())
     }
 

@@ -6,8 +6,10 @@
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use flotilla_common::proto::v1 as pb;
 use flotilla_common::storage::{Access, Credentials, Destination, scoped};
 use flotilla_common::timespec::parse_interval;
+use flotilla_coordinator::server::{CoordinatorConfig, serve};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -25,8 +27,72 @@ struct Cli {
     command: Command,
 }
 
+/// How the admin CLI reaches the coordinator.
+#[derive(clap::Args, Clone)]
+struct Connect {
+    /// Coordinator URL.
+    #[arg(
+        long,
+        default_value = "https://127.0.0.1:7443",
+        env = "FLOTILLA_COORDINATOR"
+    )]
+    coordinator: String,
+    /// Directory holding pki/ca.pem, pki/admin.pem and pki/admin.key (from `flotilla init`).
+    #[arg(
+        long,
+        default_value = "/var/lib/flotilla",
+        env = "FLOTILLA_COORDINATOR_DIR"
+    )]
+    dir: PathBuf,
+    /// Name in the coordinator's server certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a one-time enrollment token; enrolled hosts get these labels.
+    Create {
+        /// Labels as k=v,k=v.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// Lifetime (duplicity interval syntax: 30m, 12h, 2D).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the coordinator.
+    Serve {
+        /// Config file (TOML: listen, state_dir, heartbeat_secs); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides the config's state_dir.
+        #[arg(long, env = "FLOTILLA_COORDINATOR_DIR")]
+        dir: Option<PathBuf>,
+        /// Overrides the config's listen address.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enrolled hosts.
+    Hosts {
+        /// Only hosts with these labels (k=v,k=v).
+        #[arg(long, default_value = "")]
+        label: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Create the coordinator's certificate authority, its server certificate and an
     /// admin certificate in DIR/pki (refuses an initialised directory).
     Init {
@@ -79,8 +145,178 @@ fn main() {
     }
 }
 
+fn parse_labels(text: &str) -> Result<std::collections::HashMap<String, String>> {
+    let mut out = std::collections::HashMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("label {part:?} is not k=v"))?;
+        anyhow::ensure!(!k.is_empty(), "label {part:?} has an empty name");
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+async fn admin_client(
+    c: &Connect,
+) -> Result<pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let pki = c.dir.join("pki");
+    let read = |name: &str| {
+        std::fs::read_to_string(pki.join(name)).with_context(|| {
+            format!(
+                "reading {} (the admin certificate from `flotilla init`)",
+                pki.join(name).display()
+            )
+        })
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+        .identity(Identity::from_pem(read("admin.pem")?, read("admin.key")?))
+        .domain_name(&c.server_name);
+    let channel = Channel::from_shared(c.coordinator.clone())
+        .with_context(|| format!("coordinator URL {:?}", c.coordinator))?
+        .tls_config(tls)?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the coordinator at {}", c.coordinator))?;
+    Ok(pb::admin_service_client::AdminServiceClient::new(channel))
+}
+
+fn status_error(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("coordinator: {} ({:?})", e.message(), e.code())
+}
+
 fn run(cli: Cli) -> Result<()> {
+    flotilla_common::storage::ensure_tls_provider();
     match cli.command {
+        Command::Serve {
+            config,
+            dir,
+            listen,
+        } => {
+            let mut cfg: CoordinatorConfig = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+                }
+                None => CoordinatorConfig::default(),
+            };
+            if let Some(d) = dir {
+                cfg.state_dir = d;
+            }
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let shutdown = async {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    tracing::info!("shutting down");
+                };
+                serve(cfg, shutdown).await
+            })?;
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create {
+            labels,
+            ttl,
+            json,
+            connect,
+        }) => {
+            let labels = parse_labels(&labels)?;
+            let secs = parse_interval(&ttl).with_context(|| format!("--ttl {ttl}"))?;
+            anyhow::ensure!(secs > 0, "--ttl {ttl}: must be positive");
+            let rt = tokio::runtime::Runtime::new()?;
+            let resp = rt
+                .block_on(async {
+                    let mut c = admin_client(&connect).await?;
+                    c.create_token(pb::CreateTokenRequest {
+                        labels,
+                        ttl_secs: secs as u64,
+                    })
+                    .await
+                    .map_err(status_error)
+                })?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "token": resp.token, "expires_at": resp.expires_at })
+                );
+            } else {
+                println!("{}", resp.token);
+                eprintln!(
+                    "single use, expires {}; enroll a host with: flotilla-agent enroll --coordinator {} --token TOKEN",
+                    chrono::DateTime::from_timestamp(resp.expires_at, 0).unwrap_or_default(),
+                    connect.coordinator
+                );
+            }
+            Ok(())
+        }
+        Command::Hosts {
+            label,
+            json,
+            connect,
+        } => {
+            let labels = parse_labels(&label)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let hosts = rt
+                .block_on(async {
+                    let mut c = admin_client(&connect).await?;
+                    c.list_hosts(pb::ListHostsRequest { labels })
+                        .await
+                        .map_err(status_error)
+                })?
+                .into_inner()
+                .hosts;
+            if json {
+                let v: Vec<_> = hosts
+                    .iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "host_id": h.host_id, "hostname": h.hostname, "labels": h.labels,
+                            "agent_version": h.agent_version, "enrolled_at": h.enrolled_at,
+                            "last_seen": h.last_seen,
+                            "policy_revision_applied": h.policy_revision_applied,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!(
+                    "{:<24} {:<24} {:<30} LAST SEEN",
+                    "HOST", "HOSTNAME", "LABELS"
+                );
+                for h in hosts {
+                    let mut labels: Vec<String> =
+                        h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    labels.sort();
+                    println!(
+                        "{:<24} {:<24} {:<30} {}",
+                        h.host_id,
+                        h.hostname,
+                        labels.join(","),
+                        chrono::DateTime::from_timestamp(h.last_seen, 0).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Init {
             dir,
             server_names,

@@ -1,0 +1,509 @@
+//! `flotilla serve`: the gRPC services over mutual TLS.
+//!
+//! One port. Client certificates are optional at the TLS layer so that a new agent can
+//! call `Enroll` with its token; every other call checks the verified certificate's
+//! identity (`host:ID` for the agent session, `admin:NAME` for the admin service) and
+//! refusals are written to the audit log.
+
+use crate::catalog::{AuditEntry, Catalog, CatalogError, HostRecord};
+use crate::pki::{self, Authority, Identity};
+use flotilla_common::proto::v1 as pb;
+use pb::admin_service_server::{AdminService, AdminServiceServer};
+use pb::agent_service_server::{AgentService, AgentServiceServer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+/// Coordinator settings (`coordinator.toml`). Every field has a default.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// gRPC listen address (default 127.0.0.1:7443).
+    pub listen: SocketAddr,
+    /// State directory: pki/ (from `flotilla init`) and catalog/ (default /var/lib/flotilla).
+    pub state_dir: PathBuf,
+    /// Seconds between agent heartbeats (default 15).
+    pub heartbeat_secs: u32,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            listen: "127.0.0.1:7443".parse().expect("literal address"),
+            state_dir: PathBuf::from("/var/lib/flotilla"),
+            heartbeat_secs: 15,
+        }
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn internal(e: CatalogError) -> Status {
+    Status::internal(e.to_string())
+}
+
+struct Shared {
+    catalog: Catalog,
+    authority: Authority,
+    heartbeat_secs: u32,
+}
+
+impl Shared {
+    fn audit(&self, actor: &str, action: &str, outcome: &str) {
+        let entry = AuditEntry {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+        };
+        if let Err(e) = self.catalog.audit(&entry) {
+            tracing::error!("audit log: {e}");
+        }
+    }
+
+    /// The verified identity of the caller, or who it is for the audit log.
+    fn identity<T>(&self, req: &Request<T>) -> Result<Identity, String> {
+        let anonymous = || {
+            format!(
+                "anonymous@{}",
+                req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
+            )
+        };
+        let certs = req.peer_certs().ok_or_else(anonymous)?;
+        let leaf = certs.first().ok_or_else(anonymous)?;
+        pki::identity_of(leaf).map_err(|e| format!("{}: {e}", anonymous()))
+    }
+
+    fn require_admin<T>(&self, req: &Request<T>, action: &str) -> Result<String, Status> {
+        match self.identity(req) {
+            Ok(Identity::Admin(name)) => Ok(name),
+            Ok(Identity::Host(id)) => {
+                self.audit(
+                    &format!("host:{id}"),
+                    action,
+                    "refused: not an admin certificate",
+                );
+                Err(Status::permission_denied(
+                    "the admin service needs the admin certificate",
+                ))
+            }
+            Err(who) => {
+                self.audit(&who, action, "refused: no admin certificate");
+                Err(Status::unauthenticated(
+                    "the admin service needs the admin certificate (flotilla init wrote admin.pem)",
+                ))
+            }
+        }
+    }
+}
+
+/// A host id from a hostname: lowercase letters, digits and '-', unique in the catalog.
+fn host_id_for(catalog: &Catalog, hostname: &str) -> Result<String, CatalogError> {
+    let mut base: String = hostname
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    base = base.trim_matches('-').chars().take(40).collect();
+    if base.is_empty() {
+        base = "host".into();
+    }
+    let mut id = base.clone();
+    let mut n = 2;
+    while catalog.host(&id)?.is_some() {
+        id = format!("{base}-{n}");
+        n += 1;
+    }
+    Ok(id)
+}
+
+struct AgentSvc(Arc<Shared>);
+
+type SessionStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentSvc {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let s = &self.0;
+        let who = format!(
+            "anonymous@{}",
+            req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        let r = req.into_inner();
+        let host_id = host_id_for(&s.catalog, &r.hostname).map_err(internal)?;
+        let token = match s.catalog.consume_token(&r.token, &host_id, now()) {
+            Ok(t) => t,
+            Err(CatalogError::Token(refusal)) => {
+                s.audit(
+                    &who,
+                    &format!("enroll {}", r.hostname),
+                    &format!("refused: {refusal}"),
+                );
+                return Err(Status::permission_denied(format!(
+                    "enrollment refused: {refusal}"
+                )));
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        let cert = match s.authority.sign_agent(&r.csr_der, &host_id) {
+            Ok(c) => c,
+            Err(e) => {
+                s.audit(
+                    &who,
+                    &format!("enroll {}", r.hostname),
+                    &format!("refused: {e}"),
+                );
+                return Err(Status::invalid_argument(e.to_string()));
+            }
+        };
+        // Labels: the token's, overridden by none (the operator chose them).
+        let mut labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        labels.extend(token.labels);
+        let host = HostRecord {
+            host_id: host_id.clone(),
+            hostname: r.hostname.clone(),
+            labels,
+            cert_fingerprint: pki::fingerprint(&cert),
+            signing_public_key: r.signing_public_key,
+            agent_version: r.agent_version,
+            enrolled_at: now(),
+            last_seen: now(),
+            policy_revision_applied: 0,
+        };
+        s.catalog.put_host(&host).map_err(internal)?;
+        s.catalog.flush().map_err(internal)?;
+        s.audit(
+            &who,
+            &format!("enroll {}", r.hostname),
+            &format!("enrolled as {host_id}"),
+        );
+        let ca_der = pem_body(s.authority.ca_pem());
+        Ok(Response::new(pb::EnrollResponse {
+            host_id,
+            certificate_der: cert,
+            ca_certificate_der: ca_der,
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<tonic::Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let s = self.0.clone();
+        let host_id = match s.identity(&req) {
+            Ok(Identity::Host(id)) => id,
+            Ok(Identity::Admin(name)) => {
+                s.audit(
+                    &format!("admin:{name}"),
+                    "session",
+                    "refused: not a host certificate",
+                );
+                return Err(Status::permission_denied(
+                    "the agent session needs a host certificate",
+                ));
+            }
+            Err(who) => {
+                s.audit(&who, "session", "refused: no host certificate");
+                return Err(Status::unauthenticated(
+                    "the agent session needs a host certificate",
+                ));
+            }
+        };
+        let Some(mut host) = s.catalog.host(&host_id).map_err(internal)? else {
+            s.audit(
+                &format!("host:{host_id}"),
+                "session",
+                "refused: host removed",
+            );
+            return Err(Status::permission_denied(format!(
+                "host {host_id} is not enrolled (removed?)"
+            )));
+        };
+        // The certificate must be the one issued at enrollment (not a re-issued twin).
+        let leaf = req
+            .peer_certs()
+            .and_then(|c| c.first().map(|c| pki::fingerprint(c)));
+        if leaf.as_deref() != Some(host.cert_fingerprint.as_str()) {
+            s.audit(
+                &format!("host:{host_id}"),
+                "session",
+                "refused: certificate not the enrolled one",
+            );
+            return Err(Status::permission_denied(
+                "certificate is not the one issued to this host",
+            ));
+        }
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let _ = tx
+            .send(Ok(pb::CoordinatorMessage {
+                body: Some(pb::coordinator_message::Body::Welcome(pb::Welcome {
+                    host_id: host_id.clone(),
+                    heartbeat_interval_secs: s.heartbeat_secs,
+                })),
+            }))
+            .await;
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { break };
+                host.last_seen = now();
+                let reply = match msg.body {
+                    Some(pb::agent_message::Body::Hello(h)) => {
+                        host.agent_version = h.agent_version;
+                        host.policy_revision_applied = h.policy_revision;
+                        None
+                    }
+                    Some(pb::agent_message::Body::Heartbeat(hb)) => {
+                        Some(pb::coordinator_message::Body::HeartbeatAck(
+                            pb::HeartbeatAck { seq: hb.seq },
+                        ))
+                    }
+                    Some(pb::agent_message::Body::PolicyAck(a)) if a.applied => {
+                        host.policy_revision_applied = a.revision;
+                        None
+                    }
+                    _ => None,
+                };
+                if let Err(e) = s.catalog.put_host(&host) {
+                    tracing::error!("{host_id}: {e}");
+                }
+                if let Some(body) = reply
+                    && tx
+                        .send(Ok(pb::CoordinatorMessage { body: Some(body) }))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream_from(rx))))
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The DER inside a PEM certificate.
+fn pem_body(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap_or_default()
+}
+
+struct AdminSvc(Arc<Shared>);
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not available in this build yet"))
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminSvc {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let admin = self.0.require_admin(&req, "token create")?;
+        let r = req.into_inner();
+        if r.ttl_secs == 0 {
+            return Err(Status::invalid_argument("ttl must be positive"));
+        }
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        let (token, rec) = self
+            .0
+            .catalog
+            .create_token(labels.clone(), now(), r.ttl_secs)
+            .map_err(internal)?;
+        self.0.audit(
+            &format!("admin:{admin}"),
+            "token create",
+            &format!("labels {labels:?}, expires {}", rec.expires_at),
+        );
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            expires_at: rec.expires_at,
+        }))
+    }
+
+    async fn list_hosts(
+        &self,
+        req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        self.0.require_admin(&req, "hosts")?;
+        let want = req.into_inner().labels;
+        let hosts = self
+            .0
+            .catalog
+            .hosts()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|h| want.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
+            .map(|h| pb::Host {
+                host_id: h.host_id,
+                hostname: h.hostname,
+                labels: h.labels.into_iter().collect(),
+                agent_version: h.agent_version,
+                enrolled_at: h.enrolled_at,
+                last_seen: h.last_seen,
+                connected: false,
+                policy: String::new(),
+                policy_revision_applied: h.policy_revision_applied,
+                policy_revision_wanted: 0,
+                certificate_fingerprint: h.cert_fingerprint,
+            })
+            .collect();
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+
+    async fn remove_host(
+        &self,
+        req: Request<pb::RemoveHostRequest>,
+    ) -> Result<Response<pb::RemoveHostResponse>, Status> {
+        let admin = self.0.require_admin(&req, "host remove")?;
+        let id = req.into_inner().host_id;
+        if !self.0.catalog.remove_host(&id).map_err(internal)? {
+            return Err(Status::not_found(format!("host {id} is not enrolled")));
+        }
+        self.0.audit(
+            &format!("admin:{admin}"),
+            &format!("host remove {id}"),
+            "removed",
+        );
+        Ok(Response::new(pb::RemoveHostResponse {}))
+    }
+
+    async fn apply_policy(
+        &self,
+        req: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        self.0.require_admin(&req, "policy apply")?;
+        Err(not_yet("policy apply"))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        self.0.require_admin(&req, "policy show")?;
+        Err(not_yet("policy show"))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.0.require_admin(&req, "jobs")?;
+        Err(not_yet("jobs"))
+    }
+
+    type WatchJobsStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Job, Status>> + Send>>;
+
+    async fn watch_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        self.0.require_admin(&req, "jobs --watch")?;
+        Err(not_yet("jobs --watch"))
+    }
+
+    async fn list_chains(
+        &self,
+        req: Request<pb::ListChainsRequest>,
+    ) -> Result<Response<pb::ListChainsResponse>, Status> {
+        self.0.require_admin(&req, "chains")?;
+        Err(not_yet("chains"))
+    }
+
+    async fn trigger_backup(
+        &self,
+        req: Request<pb::TriggerBackupRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.0.require_admin(&req, "backup")?;
+        Err(not_yet("backup"))
+    }
+
+    async fn rebuild_catalog(
+        &self,
+        req: Request<pb::RebuildCatalogRequest>,
+    ) -> Result<Response<pb::RebuildCatalogResponse>, Status> {
+        self.0.require_admin(&req, "catalog rebuild")?;
+        Err(not_yet("catalog rebuild"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0} (run `flotilla init` first?)")]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("listen on {addr}: {error}")]
+    Transport {
+        addr: SocketAddr,
+        error: tonic::transport::Error,
+    },
+}
+
+/// Runs the coordinator until `shutdown` resolves.
+pub async fn serve(
+    config: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    flotilla_common::storage::ensure_tls_provider();
+    let pki_dir = config.state_dir.join("pki");
+    let authority = Authority::load(&pki_dir)?;
+    let read = |name: &str| {
+        std::fs::read_to_string(pki_dir.join(name)).map_err(|error| pki::PkiError::Io {
+            path: pki_dir.join(name),
+            error,
+        })
+    };
+    let tls = ServerTlsConfig::new()
+        .identity(TlsIdentity::from_pem(
+            read(pki::SERVER_CERT)?,
+            read(pki::SERVER_KEY)?,
+        ))
+        .client_ca_root(Certificate::from_pem(authority.ca_pem()))
+        .client_auth_optional(true);
+    let catalog = Catalog::open(&config.state_dir.join("catalog"))?;
+    let shared = Arc::new(Shared {
+        catalog,
+        authority,
+        heartbeat_secs: config.heartbeat_secs,
+    });
+    tracing::info!("coordinator listening on {}", config.listen);
+    Server::builder()
+        .tls_config(tls)
+        .map_err(|error| ServeError::Transport {
+            addr: config.listen,
+            error,
+        })?
+        .add_service(AgentServiceServer::new(AgentSvc(shared.clone())))
+        .add_service(AdminServiceServer::new(AdminSvc(shared.clone())))
+        .serve_with_shutdown(config.listen, shutdown)
+        .await
+        .map_err(|error| ServeError::Transport {
+            addr: config.listen,
+            error,
+        })?;
+    shared.catalog.flush()?;
+    Ok(())
+}
