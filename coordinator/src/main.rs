@@ -17,10 +17,13 @@ use std::path::PathBuf;
     name = "flotilla",
     version,
     about = "Flotilla coordinator and admin CLI",
-    long_about = "Flotilla coordinator and admin CLI.\n\nThe coordinator (enrollment, policy \
-                  rollout, scheduling, catalog, restores from the CLI) is not part of this \
-                  release yet. Back up a host with the standalone agent:\n  flotilla-agent \
-                  backup /etc file:///var/backups/$(hostname)"
+    long_about = "Flotilla coordinator and admin CLI.\n\nWorking today: `flotilla init` (certificate \
+                  authority), `flotilla serve` (mutual-TLS gRPC: enrollment, agent sessions, \
+                  admin service), `flotilla token create`, `flotilla hosts`, and \
+                  `flotilla mint-credential` (scoped storage credentials). Policy rollout, \
+                  scheduling and restores from the CLI are being built; until then back up a \
+                  host with the standalone agent:\n  flotilla-agent backup /etc \
+                  file:///var/backups/$(hostname)"
 )]
 struct Cli {
     #[command(subcommand)]
