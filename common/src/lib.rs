@@ -10,5 +10,6 @@ pub mod archive;
 pub mod crypto;
 pub mod policy;
 pub mod proto;
+pub mod schedule;
 pub mod storage;
 pub mod timespec;
