@@ -80,6 +80,16 @@ pub struct HostRecord {
     pub enrolled_at: i64,
     pub last_seen: i64,
     pub policy_revision_applied: u64,
+    /// The host's UTC offset (from its last Hello): schedules are in host local time.
+    #[serde(default)]
+    pub utc_offset_secs: i32,
+    /// End of the last successful backup the agent reported.
+    #[serde(default)]
+    pub last_backup_at: i64,
+    /// A destination URL that replaces the policy's (set by `host adopt`, so the host
+    /// continues the adopted chain).
+    #[serde(default)]
+    pub destination_override: Option<String>,
 }
 
 /// One stored revision of the policy file.
@@ -90,6 +100,81 @@ pub struct PolicyRevision {
     pub toml: String,
     pub applied_at: i64,
     pub applied_by: String,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Backup,
+    Prune,
+    Restore,
+    Verify,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// Progress last reported for a running job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub phase: String,
+    pub files_done: u64,
+    pub bytes_done: u64,
+    pub files_total: u64,
+    pub bytes_total: u64,
+}
+
+/// A job for one host. Job ids sort by creation time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub host_id: String,
+    pub kind: JobKind,
+    pub state: JobState,
+    pub created_at: i64,
+    #[serde(default)]
+    pub started_at: i64,
+    #[serde(default)]
+    pub finished_at: i64,
+    /// Attempts made so far (1 while the first runs).
+    #[serde(default)]
+    pub attempt: u32,
+    /// A queued retry waits until then (unix seconds).
+    #[serde(default)]
+    pub not_before: i64,
+    /// The schedule slot this job serves; 0: on demand.
+    #[serde(default)]
+    pub scheduled_for: i64,
+    #[serde(default)]
+    pub force_full: bool,
+    /// Who asked: "schedule", "admin:NAME", "retention", "agent" (ran while offline).
+    pub origin: String,
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub progress: Option<JobProgress>,
+    #[serde(default)]
+    pub set: Option<SetRecord>,
 }
 
 /// One line of the audit log.
@@ -168,6 +253,11 @@ pub struct Catalog {
     sets: sled::Tree,
     results: sled::Tree,
     audit: sled::Tree,
+    jobs: sled::Tree,
+    /// host \0 job_id for every queued or running job: what the scheduler works on.
+    active_jobs: sled::Tree,
+    /// host → last schedule slot that has a job.
+    slots: sled::Tree,
 }
 
 impl Catalog {
@@ -183,6 +273,9 @@ impl Catalog {
             sets: db.open_tree("sets")?,
             results: db.open_tree("results")?,
             audit: db.open_tree("audit")?,
+            jobs: db.open_tree("jobs")?,
+            active_jobs: db.open_tree("active_jobs")?,
+            slots: db.open_tree("slots")?,
             db,
         })
     }
@@ -364,6 +457,11 @@ impl Catalog {
 
     // --------------------------------------------------------------- results
 
+    /// Whether a result was processed already.
+    pub fn result_seen(&self, result_id: &str) -> Result<bool, CatalogError> {
+        Ok(self.results.contains_key(result_id.as_bytes())?)
+    }
+
     /// Records that a result was processed; false when it had been already (a result
     /// re-sent after a reconnect must not count twice).
     pub fn mark_result(&self, result_id: &str, now: i64) -> Result<bool, CatalogError> {
@@ -377,6 +475,128 @@ impl Catalog {
             .is_ok();
         self.results.flush()?;
         Ok(fresh)
+    }
+
+    // ------------------------------------------------------------------ jobs
+
+    /// A new job id: creation time first, so ids sort (and list) by age.
+    pub fn new_job_id(&self, now_ms: i64) -> Result<String, CatalogError> {
+        Ok(format!(
+            "j{:011x}{:05x}",
+            now_ms.max(0),
+            self.db.generate_id()? & 0xfffff
+        ))
+    }
+
+    fn active_key(host_id: &str, job_id: &str) -> Vec<u8> {
+        let mut k = host_id.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(job_id.as_bytes());
+        k
+    }
+
+    /// Stores a job and keeps the active index in step with its state, durably: a job
+    /// (and its outcome) must survive a crash of the coordinator.
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), CatalogError> {
+        self.jobs.insert(job.job_id.as_bytes(), encode(job))?;
+        let key = Self::active_key(&job.host_id, &job.job_id);
+        if job.state.is_final() {
+            self.active_jobs.remove(key)?;
+        } else {
+            self.active_jobs.insert(key, &[])?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Updates a running job's progress without waiting for the disk (progress is
+    /// advisory; losing the last sample in a crash is harmless).
+    pub fn put_job_progress(&self, job: &JobRecord) -> Result<(), CatalogError> {
+        self.jobs.insert(job.job_id.as_bytes(), encode(job))?;
+        Ok(())
+    }
+
+    pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, CatalogError> {
+        self.jobs
+            .get(job_id.as_bytes())?
+            .map(|v| decode("jobs", job_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Queued and running jobs of a host, oldest first.
+    pub fn active_jobs(&self, host_id: &str) -> Result<Vec<JobRecord>, CatalogError> {
+        let mut prefix = host_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.active_jobs.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(job) = self.job(&id)? {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hosts that have queued or running jobs.
+    pub fn hosts_with_active_jobs(&self) -> Result<Vec<String>, CatalogError> {
+        let mut out: Vec<String> = Vec::new();
+        for kv in self.active_jobs.iter() {
+            let (k, _) = kv?;
+            let host = k.split(|&b| b == 0).next().unwrap_or_default();
+            let host = String::from_utf8_lossy(host).into_owned();
+            if out.last() != Some(&host) {
+                out.push(host);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs newest first, optionally of one host, at most `limit` (0: all).
+    pub fn jobs(
+        &self,
+        host_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, CatalogError> {
+        let mut out = Vec::new();
+        for kv in self.jobs.iter().rev() {
+            let (k, v) = kv?;
+            let job: JobRecord = decode("jobs", &k, &v)?;
+            if host_id.is_some_and(|h| h != job.host_id) {
+                continue;
+            }
+            out.push(job);
+            if limit > 0 && out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last schedule slot of a host that got a job.
+    pub fn last_slot(&self, host_id: &str) -> Result<Option<i64>, CatalogError> {
+        self.slots
+            .get(host_id.as_bytes())?
+            .map(|v| decode("slots", host_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn set_last_slot(&self, host_id: &str, slot: i64) -> Result<(), CatalogError> {
+        self.slots.insert(host_id.as_bytes(), encode(&slot))?;
+        Ok(())
+    }
+
+    /// Forgets a host's queued jobs, slots and sets (after `host remove`); finished jobs
+    /// stay in the history.
+    pub fn forget_host(&self, host_id: &str) -> Result<(), CatalogError> {
+        for mut job in self.active_jobs(host_id)? {
+            job.state = JobState::Cancelled;
+            job.error = "host removed".into();
+            self.put_job(&job)?;
+        }
+        self.slots.remove(host_id.as_bytes())?;
+        self.replace_sets(host_id, &[])?;
+        Ok(())
     }
 
     // ----------------------------------------------------------------- audit

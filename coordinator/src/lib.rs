@@ -1,6 +1,9 @@
-//! The coordinator's core: the catalog now; scheduler, policy rollout, credential
-//! vending and the gRPC services follow. The `flotilla` binary is a thin CLI over it.
+//! The coordinator's core: catalog, PKI, configuration, the fleet (policies, schedules,
+//! jobs, credential vending) and the gRPC services. The `flotilla` binary is a thin CLI
+//! over it.
 
 pub mod catalog;
+pub mod config;
+pub mod fleet;
 pub mod pki;
 pub mod server;

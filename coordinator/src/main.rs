@@ -1,11 +1,9 @@
-//! `flotilla`: the coordinator (`flotilla serve`) and its admin CLI.
-//!
-//! The fleet side (enrollment, policies, scheduling, catalog) is the next piece of work.
-//! What exists now is credential vending: minting a scoped storage credential from the
-//! account credentials, the way the coordinator will for every job.
+//! `flotilla`: the coordinator (`flotilla serve`) and its admin CLI. Everything here is
+//! argument parsing and output; the work is in the `flotilla_coordinator` library.
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use flotilla_common::policy::PolicySet;
 use flotilla_common::proto::v1 as pb;
 use flotilla_common::storage::{Access, Credentials, Destination, scoped};
 use flotilla_common::timespec::parse_interval;
@@ -17,13 +15,15 @@ use std::path::PathBuf;
     name = "flotilla",
     version,
     about = "Flotilla coordinator and admin CLI",
-    long_about = "Flotilla coordinator and admin CLI.\n\nWorking today: `flotilla init` (certificate \
-                  authority), `flotilla serve` (mutual-TLS gRPC: enrollment, agent sessions, \
-                  admin service), `flotilla token create`, `flotilla hosts`, and \
-                  `flotilla mint-credential` (scoped storage credentials). Policy rollout, \
-                  scheduling and restores from the CLI are being built; until then back up a \
-                  host with the standalone agent:\n  flotilla-agent backup /etc \
-                  file:///var/backups/$(hostname)"
+    long_about = "Flotilla coordinator and admin CLI.\n\n\
+                  Set up: `flotilla init` (certificate authority), `flotilla serve --config \
+                  coordinator.toml`, `flotilla token create --labels role=web`, then on each host \
+                  `flotilla-agent enroll --coordinator URL --token T --ca-cert ca.pem` and \
+                  `flotilla-agent run`.\n\
+                  Run the fleet: `flotilla policy apply policies.toml`, `flotilla hosts`, \
+                  `flotilla jobs --watch`, `flotilla chains HOST`, `flotilla backup HOST`.\n\
+                  Admin commands reach the coordinator at --coordinator (FLOTILLA_COORDINATOR) \
+                  with the admin certificate in --dir/pki (FLOTILLA_COORDINATOR_DIR)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -70,10 +70,83 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate FILE, show which hosts change how, store it as a new revision and push
+    /// it to the agents. Keys given as public_key_file are read here (relative to FILE)
+    /// and sent inline.
+    Apply {
+        file: PathBuf,
+        /// Only validate and show the changes.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Print the current policy file (or --revision N).
+    Show {
+        #[arg(long, default_value_t = 0)]
+        revision: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCommand {
+    /// Forget a host: its certificate stops working, its queued jobs are cancelled. Its
+    /// backups are kept unless --delete-backups.
+    Remove {
+        host: String,
+        /// Also delete every object in the host's container.
+        #[arg(long)]
+        delete_backups: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Register the chains stock duplicity wrote at URL for an enrolled host (from the
+    /// object listing; no key needed). The host's next backups go to URL: they continue
+    /// the chain when the agent can read its signatures (same passphrase), else start a
+    /// new full chain and say why.
+    Adopt {
+        host: String,
+        /// azure://CONTAINER, swift://CONTAINER[/PREFIX] or file:///DIR.
+        #[arg(long = "from", value_name = "URL")]
+        url: String,
+        /// Coordinator account ([account.NAME] in its config) that can read URL.
+        #[arg(long, default_value = "")]
+        account: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Rebuild the backup sets of every host (or --host) from the storage listings.
+    Rebuild {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the coordinator.
     Serve {
-        /// Config file (TOML: listen, state_dir, heartbeat_secs); defaults otherwise.
+        /// Config file (TOML): listen, state_dir, heartbeat_secs, job_max_attempts,
+        /// job_retry_delay_secs, job_credential_ttl_secs, offline_credential_ttl_secs and
+        /// [account.NAME] env_file = "FILE" (storage credentials as KEY=VALUE lines;
+        /// without env_file the coordinator's environment). See deploy/coordinator.toml.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Overrides the config's state_dir.
@@ -96,6 +169,54 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Policies: validate, apply (new revision pushed to every agent), show.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Jobs, newest first (scheduled, on-demand, retention, and runs agents made
+    /// while the coordinator was unreachable).
+    Jobs {
+        /// Only this host's jobs.
+        #[arg(long)]
+        host: Option<String>,
+        /// How many (0: all).
+        #[arg(long, default_value_t = 30)]
+        limit: u32,
+        /// After the list, print job changes as they happen (Ctrl-C ends).
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// A host's backup chains and sets, as the catalog records them.
+    Chains {
+        host: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Back up a host now (incremental unless --full); prints the job.
+    Backup {
+        host: String,
+        /// Start a new chain.
+        #[arg(long)]
+        full: bool,
+        /// Wait until the job ends; exit 1 if it failed.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Hosts: remove, adopt existing duplicity backups.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// The catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Create the coordinator's certificate authority, its server certificate and an
     /// admin certificate in DIR/pki (refuses an initialised directory).
     Init {
@@ -198,12 +319,8 @@ fn run(cli: Cli) -> Result<()> {
             dir,
             listen,
         } => {
-            let mut cfg: CoordinatorConfig = match &config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    toml::from_str(&text).with_context(|| format!("{}", path.display()))?
-                }
+            let mut cfg = match &config {
+                Some(path) => CoordinatorConfig::load(path)?,
                 None => CoordinatorConfig::default(),
             };
             if let Some(d) = dir {
@@ -277,16 +394,14 @@ fn run(cli: Cli) -> Result<()> {
             connect,
         } => {
             let labels = parse_labels(&label)?;
-            let rt = tokio::runtime::Runtime::new()?;
-            let hosts = rt
-                .block_on(async {
-                    let mut c = admin_client(&connect).await?;
-                    c.list_hosts(pb::ListHostsRequest { labels })
-                        .await
-                        .map_err(status_error)
-                })?
-                .into_inner()
-                .hosts;
+            let hosts = block(async {
+                let mut c = admin_client(&connect).await?;
+                c.list_hosts(pb::ListHostsRequest { labels })
+                    .await
+                    .map_err(status_error)
+            })?
+            .into_inner()
+            .hosts;
             if json {
                 let v: Vec<_> = hosts
                     .iter()
@@ -294,30 +409,408 @@ fn run(cli: Cli) -> Result<()> {
                         serde_json::json!({
                             "host_id": h.host_id, "hostname": h.hostname, "labels": h.labels,
                             "agent_version": h.agent_version, "enrolled_at": h.enrolled_at,
-                            "last_seen": h.last_seen,
+                            "last_seen": h.last_seen, "connected": h.connected,
+                            "policy": h.policy,
                             "policy_revision_applied": h.policy_revision_applied,
+                            "policy_revision_wanted": h.policy_revision_wanted,
+                            "certificate_fingerprint": h.certificate_fingerprint,
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(v));
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!(
-                    "{:<24} {:<24} {:<30} LAST SEEN",
-                    "HOST", "HOSTNAME", "LABELS"
-                );
-                for h in hosts {
+                let rows = hosts.iter().map(|h| {
                     let mut labels: Vec<String> =
                         h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     labels.sort();
-                    println!(
-                        "{:<24} {:<24} {:<30} {}",
-                        h.host_id,
-                        h.hostname,
+                    let revision = if h.policy.is_empty() {
+                        "-".to_string()
+                    } else if h.policy_revision_applied == h.policy_revision_wanted {
+                        format!("{} (current)", h.policy_revision_applied)
+                    } else {
+                        format!(
+                            "{} (wants {})",
+                            h.policy_revision_applied, h.policy_revision_wanted
+                        )
+                    };
+                    vec![
+                        h.host_id.clone(),
+                        h.hostname.clone(),
                         labels.join(","),
-                        chrono::DateTime::from_timestamp(h.last_seen, 0).unwrap_or_default()
+                        if h.connected { "yes" } else { "no" }.to_string(),
+                        or_dash(&h.policy),
+                        revision,
+                        time_text(h.last_seen),
+                    ]
+                });
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "HOST",
+                            "HOSTNAME",
+                            "LABELS",
+                            "CONNECTED",
+                            "POLICY",
+                            "REVISION",
+                            "LAST SEEN"
+                        ],
+                        rows
+                    )
+                );
+            }
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Apply {
+            file,
+            dry_run,
+            json,
+            connect,
+        }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let name = file.display().to_string();
+            // Validate here first: errors name lines of the file as written.
+            let base = file.parent().map(PathBuf::from).unwrap_or_default();
+            if let Err(errors) = PolicySet::parse(&name, &text, |f| {
+                std::fs::read_to_string(base.join(f)).map_err(|e| e.to_string())
+            }) {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                anyhow::bail!("{} problem(s) in {name}; nothing applied", errors.len());
+            }
+            let inlined = inline_key_files(&text, &base)?;
+            let resp = block(async {
+                let mut c = admin_client(&connect).await?;
+                c.apply_policy(pb::ApplyPolicyRequest {
+                    file_name: name.clone(),
+                    toml: inlined,
+                    dry_run,
+                })
+                .await
+                .map_err(status_error)
+            })?
+            .into_inner();
+            if json {
+                let changes: Vec<_> = resp
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({"host_id": c.host_id, "hostname": c.hostname,
+                            "old_policy": c.old_policy, "new_policy": c.new_policy,
+                            "changes": c.changes})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "revision": resp.revision, "stored": resp.stored, "changes": changes
+                    }))?
+                );
+            } else {
+                if resp.changes.is_empty() {
+                    println!("No host changes.");
+                }
+                for c in &resp.changes {
+                    println!("{} ({}):", c.host_id, c.hostname);
+                    for line in &c.changes {
+                        println!("  {line}");
+                    }
+                }
+                if resp.stored {
+                    println!(
+                        "Stored as revision {}; pushing to connected agents (see `flotilla hosts`).",
+                        resp.revision
+                    );
+                } else {
+                    println!(
+                        "Dry run: valid; would be revision {}. Nothing stored.",
+                        resp.revision
                     );
                 }
             }
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Show {
+            revision,
+            json,
+            connect,
+        }) => {
+            let p = block(async {
+                let mut c = admin_client(&connect).await?;
+                c.get_policy(pb::GetPolicyRequest { revision })
+                    .await
+                    .map_err(status_error)
+            })?
+            .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"revision": p.revision, "applied_at": p.applied_at, "toml": p.toml})
+                );
+            } else {
+                eprintln!(
+                    "# revision {}, applied {}",
+                    p.revision,
+                    time_text(p.applied_at)
+                );
+                print!("{}", p.toml);
+            }
+            Ok(())
+        }
+        Command::Jobs {
+            host,
+            limit,
+            watch,
+            json,
+            connect,
+        } => block(async {
+            let mut c = admin_client(&connect).await?;
+            let req = pb::ListJobsRequest {
+                host_id: host.unwrap_or_default(),
+                limit,
+            };
+            let mut jobs = c
+                .list_jobs(req.clone())
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .jobs;
+            jobs.reverse();
+            if json && !watch {
+                let v: Vec<_> = jobs.iter().map(job_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if json {
+                for j in &jobs {
+                    println!("{}", job_json(j));
+                }
+            } else {
+                print!("{}", table(JOB_HEADERS, jobs.iter().map(job_row)));
+            }
+            if watch {
+                let mut stream = c.watch_jobs(req).await.map_err(status_error)?.into_inner();
+                while let Some(j) = stream.message().await.map_err(status_error)? {
+                    if json {
+                        println!("{}", job_json(&j));
+                    } else {
+                        println!("{}", job_row(&j).join("  "));
+                    }
+                }
+            }
+            Ok(())
+        }),
+        Command::Chains {
+            host,
+            json,
+            connect,
+        } => {
+            let r = block(async {
+                let mut c = admin_client(&connect).await?;
+                c.list_chains(pb::ListChainsRequest {
+                    host_id: host.clone(),
+                })
+                .await
+                .map_err(status_error)
+            })?
+            .into_inner();
+            if json {
+                let chains: Vec<_> = r
+                    .chains
+                    .iter()
+                    .map(|c| c.sets.iter().map(set_json).collect::<Vec<_>>())
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"host_id": host, "destination": r.destination, "chains": chains})
+                    )?
+                );
+            } else {
+                println!("{host}: {}", or_dash(&r.destination));
+                if r.chains.is_empty() {
+                    println!("No backup sets recorded.");
+                }
+                for (i, chain) in r.chains.iter().enumerate() {
+                    println!("Chain {} ({} set(s)):", i + 1, chain.sets.len());
+                    let rows = chain.sets.iter().map(|s| {
+                        vec![
+                            s.kind.clone(),
+                            time_text(s.end_time),
+                            s.volumes.to_string(),
+                            bytes_text(s.bytes),
+                            if s.files > 0 {
+                                s.files.to_string()
+                            } else {
+                                "-".into()
+                            },
+                        ]
+                    });
+                    print!(
+                        "{}",
+                        table(&["  KIND", "TIME", "VOLUMES", "STORED", "FILES"], rows)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Backup {
+            host,
+            full,
+            wait,
+            json,
+            connect,
+        } => block(async {
+            let mut c = admin_client(&connect).await?;
+            let mut job = c
+                .trigger_backup(pb::TriggerBackupRequest {
+                    host_id: host.clone(),
+                    full,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if !json {
+                eprintln!("Job {} for {host} created.", job.job_id);
+            }
+            if wait {
+                let mut stream = c
+                    .watch_jobs(pb::ListJobsRequest {
+                        host_id: host.clone(),
+                        limit: 0,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                // The job may have ended before the watch began.
+                let listed = c
+                    .list_jobs(pb::ListJobsRequest {
+                        host_id: host.clone(),
+                        limit: 20,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()
+                    .jobs;
+                if let Some(j) = listed.into_iter().find(|j| j.job_id == job.job_id) {
+                    job = j;
+                }
+                while !job_done(&job) {
+                    match stream.message().await.map_err(status_error)? {
+                        Some(j) if j.job_id == job.job_id => {
+                            if !json && j.state != job.state {
+                                eprintln!("{}", job_row(&j).join("  "));
+                            }
+                            job = j;
+                        }
+                        Some(_) => {}
+                        None => anyhow::bail!("the coordinator ended the watch"),
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
+            } else {
+                print!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
+            }
+            if wait && job.state != pb::JobState::Succeeded as i32 {
+                anyhow::bail!("job {} did not succeed: {}", job.job_id, job.error);
+            }
+            Ok(())
+        }),
+        Command::Host(HostCommand::Remove {
+            host,
+            delete_backups,
+            connect,
+        }) => {
+            let r = block(async {
+                let mut c = admin_client(&connect).await?;
+                c.remove_host(pb::RemoveHostRequest {
+                    host_id: host.clone(),
+                    delete_backups,
+                })
+                .await
+                .map_err(status_error)
+            })?
+            .into_inner();
+            if delete_backups {
+                println!(
+                    "Removed {host}; deleted {} stored object(s).",
+                    r.deleted_objects
+                );
+            } else {
+                println!("Removed {host}; its backups are kept (--delete-backups deletes them).");
+            }
+            Ok(())
+        }
+        Command::Host(HostCommand::Adopt {
+            host,
+            url,
+            account,
+            json,
+            connect,
+        }) => {
+            let r = block(async {
+                let mut c = admin_client(&connect).await?;
+                c.adopt_host(pb::AdoptHostRequest {
+                    host_id: host.clone(),
+                    url: url.clone(),
+                    account,
+                })
+                .await
+                .map_err(status_error)
+            })?
+            .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"host_id": host, "url": url, "chains": r.chains,
+                        "sets": r.sets, "incomplete": r.incomplete})
+                );
+            } else {
+                println!(
+                    "Adopted {} chain(s), {} set(s) from {url} for {host}; its backups now go there.",
+                    r.chains, r.sets
+                );
+                if r.incomplete > 0 {
+                    println!(
+                        "{} incomplete set(s) (no manifest) were not registered.",
+                        r.incomplete
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Catalog(CatalogCommand::Rebuild {
+            host,
+            json,
+            connect,
+        }) => {
+            let r = block(async {
+                let mut c = admin_client(&connect).await?;
+                c.rebuild_catalog(pb::RebuildCatalogRequest {
+                    host_id: host.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)
+            })?
+            .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"hosts": r.hosts, "sets": r.sets, "errors": r.errors})
+                );
+            } else {
+                println!("Rebuilt {} host(s): {} set(s).", r.hosts, r.sets);
+                for e in &r.errors {
+                    eprintln!("error: {e}");
+                }
+            }
+            anyhow::ensure!(
+                r.errors.is_empty(),
+                "{} host(s) could not be listed",
+                r.errors.len()
+            );
             Ok(())
         }
         Command::Init {
@@ -375,6 +868,169 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// A table for people: aligned columns, no borders.
+fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_header(headers.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    let mut out: String = t.lines().map(|l| l.trim_end().to_string() + "\n").collect();
+    if out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
+}
+
+fn time_text(t: i64) -> String {
+    if t <= 0 {
+        return "-".into();
+    }
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| {
+            d.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn bytes_text(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn kind_text(k: i32) -> &'static str {
+    match pb::JobKind::try_from(k) {
+        Ok(pb::JobKind::Backup) => "backup",
+        Ok(pb::JobKind::Prune) => "prune",
+        Ok(pb::JobKind::Restore) => "restore",
+        Ok(pb::JobKind::Verify) => "verify",
+        _ => "?",
+    }
+}
+
+fn state_text(s: i32) -> &'static str {
+    match pb::JobState::try_from(s) {
+        Ok(pb::JobState::Queued) => "queued",
+        Ok(pb::JobState::Running) => "running",
+        Ok(pb::JobState::Succeeded) => "succeeded",
+        Ok(pb::JobState::Failed) => "failed",
+        Ok(pb::JobState::Cancelled) => "cancelled",
+        _ => "?",
+    }
+}
+
+fn job_done(j: &pb::Job) -> bool {
+    matches!(
+        pb::JobState::try_from(j.state),
+        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+    )
+}
+
+const JOB_HEADERS: &[&str] = &[
+    "JOB", "HOST", "KIND", "STATE", "ORIGIN", "ATTEMPT", "STARTED", "DETAIL",
+];
+
+fn job_row(j: &pb::Job) -> Vec<String> {
+    let detail = if !j.error.is_empty() {
+        j.error.clone()
+    } else if let (Some(p), false) = (&j.progress, job_done(j)) {
+        format!(
+            "{} {} files {}",
+            p.phase,
+            p.files_done,
+            bytes_text(p.bytes_done)
+        )
+    } else if let Some(s) = &j.set {
+        format!(
+            "{} set {} ({} vol, {})",
+            s.kind,
+            time_text(s.end_time),
+            s.volumes,
+            bytes_text(s.bytes)
+        )
+    } else {
+        j.note.clone()
+    };
+    vec![
+        j.job_id.clone(),
+        j.host_id.clone(),
+        kind_text(j.kind).into(),
+        state_text(j.state).into(),
+        j.origin.clone(),
+        j.attempt.to_string(),
+        time_text(j.started_at),
+        detail,
+    ]
+}
+
+fn set_json(s: &pb::BackupSet) -> serde_json::Value {
+    serde_json::json!({"kind": s.kind, "start_time": s.start_time, "end_time": s.end_time,
+        "volumes": s.volumes, "bytes": s.bytes, "files": s.files})
+}
+
+fn job_json(j: &pb::Job) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": j.job_id, "host_id": j.host_id, "kind": kind_text(j.kind),
+        "state": state_text(j.state), "origin": j.origin, "attempt": j.attempt,
+        "created_at": j.created_at, "started_at": j.started_at, "finished_at": j.finished_at,
+        "scheduled_for": j.scheduled_for, "error": j.error, "note": j.note,
+        "set": j.set.as_ref().map(set_json),
+        "progress": j.progress.as_ref().map(|p| serde_json::json!({"phase": p.phase,
+            "files_done": p.files_done, "bytes_done": p.bytes_done,
+            "files_total": p.files_total, "bytes_total": p.bytes_total})),
+    })
+}
+
+/// Replaces each `public_key_file = "PATH"` line with `public_key = "<armored>"` on the
+/// same line, so that line numbers in the coordinator's messages still match FILE.
+fn inline_key_files(text: &str, base: &std::path::Path) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("public_key_file") && trimmed.contains('=') {
+            let table: toml::Table = toml::from_str(trimmed)
+                .with_context(|| format!("line {}: public_key_file", i + 1))?;
+            let path = table
+                .get("public_key_file")
+                .and_then(|v| v.as_str())
+                .with_context(|| format!("line {}: public_key_file must be a string", i + 1))?;
+            let key = std::fs::read_to_string(base.join(path))
+                .with_context(|| format!("line {}: reading {path}", i + 1))?;
+            out.push_str(&format!("public_key = {}", toml::Value::String(key)));
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+        }
+    }
+    Ok(out)
 }
 
 fn write_secret(path: &PathBuf, text: &str) -> Result<()> {

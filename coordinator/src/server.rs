@@ -6,39 +6,19 @@
 //! refusals are written to the audit log.
 
 use crate::catalog::{AuditEntry, Catalog, CatalogError, HostRecord};
+use crate::fleet::{Fleet, job_pb, set_pb};
 use crate::pki::{self, Authority, Identity};
 use flotilla_common::proto::v1 as pb;
 use pb::admin_service_server::{AdminService, AdminServiceServer};
 use pb::agent_service_server::{AgentService, AgentServiceServer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
-/// Coordinator settings (`coordinator.toml`). Every field has a default.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CoordinatorConfig {
-    /// gRPC listen address (default 127.0.0.1:7443).
-    pub listen: SocketAddr,
-    /// State directory: pki/ (from `flotilla init`) and catalog/ (default /var/lib/flotilla).
-    pub state_dir: PathBuf,
-    /// Seconds between agent heartbeats (default 15).
-    pub heartbeat_secs: u32,
-}
-
-impl Default for CoordinatorConfig {
-    fn default() -> Self {
-        CoordinatorConfig {
-            listen: "127.0.0.1:7443".parse().expect("literal address"),
-            state_dir: PathBuf::from("/var/lib/flotilla"),
-            heartbeat_secs: 15,
-        }
-    }
-}
+pub use crate::config::CoordinatorConfig;
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -52,6 +32,7 @@ struct Shared {
     catalog: Catalog,
     authority: Authority,
     heartbeat_secs: u32,
+    fleet: Arc<Fleet>,
 }
 
 impl Shared {
@@ -179,9 +160,13 @@ impl AgentService for AgentSvc {
             enrolled_at: now(),
             last_seen: now(),
             policy_revision_applied: 0,
+            utc_offset_secs: 0,
+            last_backup_at: 0,
+            destination_override: None,
         };
         s.catalog.put_host(&host).map_err(internal)?;
         s.catalog.flush().map_err(internal)?;
+        s.fleet.host_enrolled(&host);
         s.audit(
             &who,
             &format!("enroll {}", r.hostname),
@@ -221,7 +206,7 @@ impl AgentService for AgentSvc {
                 ));
             }
         };
-        let Some(mut host) = s.catalog.host(&host_id).map_err(internal)? else {
+        let Some(host) = s.catalog.host(&host_id).map_err(internal)? else {
             s.audit(
                 &format!("host:{host_id}"),
                 "session",
@@ -255,40 +240,36 @@ impl AgentService for AgentSvc {
                 })),
             }))
             .await;
+        let fleet = s.fleet.clone();
+        let conn = fleet.connected(&host_id, tx.clone());
+        tracing::info!("{host_id} connected");
         tokio::spawn(async move {
             use futures::StreamExt;
+            use pb::agent_message::Body as In;
+            // In order: results re-sent before Hello are recorded before Hello is read.
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
-                host.last_seen = now();
-                let reply = match msg.body {
-                    Some(pb::agent_message::Body::Hello(h)) => {
-                        host.agent_version = h.agent_version;
-                        host.policy_revision_applied = h.policy_revision;
-                        None
+                match msg.body {
+                    Some(In::Hello(h)) => fleet.hello(&host_id, h).await,
+                    Some(In::Heartbeat(hb)) => {
+                        fleet.heartbeat(&host_id);
+                        let ack = pb::CoordinatorMessage {
+                            body: Some(pb::coordinator_message::Body::HeartbeatAck(
+                                pb::HeartbeatAck { seq: hb.seq },
+                            )),
+                        };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            break;
+                        }
                     }
-                    Some(pb::agent_message::Body::Heartbeat(hb)) => {
-                        Some(pb::coordinator_message::Body::HeartbeatAck(
-                            pb::HeartbeatAck { seq: hb.seq },
-                        ))
-                    }
-                    Some(pb::agent_message::Body::PolicyAck(a)) if a.applied => {
-                        host.policy_revision_applied = a.revision;
-                        None
-                    }
-                    _ => None,
-                };
-                if let Err(e) = s.catalog.put_host(&host) {
-                    tracing::error!("{host_id}: {e}");
-                }
-                if let Some(body) = reply
-                    && tx
-                        .send(Ok(pb::CoordinatorMessage { body: Some(body) }))
-                        .await
-                        .is_err()
-                {
-                    break;
+                    Some(In::PolicyAck(a)) => fleet.policy_ack(&host_id, a),
+                    Some(In::Progress(p)) => fleet.progress(&host_id, p),
+                    Some(In::Result(r)) => fleet.result(&host_id, r).await,
+                    Some(In::JobAccepted(_)) | None => {}
                 }
             }
+            fleet.disconnected(&host_id, conn);
+            tracing::info!("{host_id} disconnected");
         });
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
@@ -310,10 +291,6 @@ fn pem_body(pem: &str) -> Vec<u8> {
 }
 
 struct AdminSvc(Arc<Shared>);
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this build yet"))
-}
 
 #[tonic::async_trait]
 impl AdminService for AdminSvc {
@@ -349,6 +326,8 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
         self.0.require_admin(&req, "hosts")?;
         let want = req.into_inner().labels;
+        let fleet = &self.0.fleet;
+        let wanted = fleet.policy_revision();
         let hosts = self
             .0
             .catalog
@@ -357,16 +336,16 @@ impl AdminService for AdminSvc {
             .into_iter()
             .filter(|h| want.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
             .map(|h| pb::Host {
+                connected: fleet.is_connected(&h.host_id),
+                policy: fleet.policy_name(&h).unwrap_or_default(),
+                policy_revision_wanted: wanted,
                 host_id: h.host_id,
                 hostname: h.hostname,
                 labels: h.labels.into_iter().collect(),
                 agent_version: h.agent_version,
                 enrolled_at: h.enrolled_at,
                 last_seen: h.last_seen,
-                connected: false,
-                policy: String::new(),
                 policy_revision_applied: h.policy_revision_applied,
-                policy_revision_wanted: 0,
                 certificate_fingerprint: h.cert_fingerprint,
             })
             .collect();
@@ -378,24 +357,64 @@ impl AdminService for AdminSvc {
         req: Request<pb::RemoveHostRequest>,
     ) -> Result<Response<pb::RemoveHostResponse>, Status> {
         let admin = self.0.require_admin(&req, "host remove")?;
-        let id = req.into_inner().host_id;
-        if !self.0.catalog.remove_host(&id).map_err(internal)? {
-            return Err(Status::not_found(format!("host {id} is not enrolled")));
-        }
+        let r = req.into_inner();
+        let deleted = self
+            .0
+            .fleet
+            .remove_host(&r.host_id, r.delete_backups)
+            .await?;
         self.0.audit(
             &format!("admin:{admin}"),
-            &format!("host remove {id}"),
-            "removed",
+            &format!("host remove {}", r.host_id),
+            &if r.delete_backups {
+                format!("removed, {deleted} stored object(s) deleted")
+            } else {
+                "removed (backups kept)".to_string()
+            },
         );
-        Ok(Response::new(pb::RemoveHostResponse {}))
+        Ok(Response::new(pb::RemoveHostResponse {
+            deleted_objects: deleted,
+        }))
     }
 
     async fn apply_policy(
         &self,
         req: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        self.0.require_admin(&req, "policy apply")?;
-        Err(not_yet("policy apply"))
+        let admin = self.0.require_admin(&req, "policy apply")?;
+        let r = req.into_inner();
+        let actor = format!("admin:{admin}");
+        match self
+            .0
+            .fleet
+            .apply_policy(&r.file_name, &r.toml, r.dry_run, &actor)
+            .await
+        {
+            Ok(resp) => {
+                if resp.stored {
+                    self.0.audit(
+                        &actor,
+                        &format!("policy apply {}", r.file_name),
+                        &format!(
+                            "revision {} stored, {} host(s) change",
+                            resp.revision,
+                            resp.changes.len()
+                        ),
+                    );
+                }
+                Ok(Response::new(resp))
+            }
+            Err(e) => {
+                if !r.dry_run {
+                    self.0.audit(
+                        &actor,
+                        &format!("policy apply {}", r.file_name),
+                        "refused: invalid",
+                    );
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn get_policy(
@@ -403,7 +422,25 @@ impl AdminService for AdminSvc {
         req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
         self.0.require_admin(&req, "policy show")?;
-        Err(not_yet("policy show"))
+        let rev = req.into_inner().revision;
+        let p = if rev == 0 {
+            self.0.catalog.current_policy()
+        } else {
+            self.0.catalog.policy(rev)
+        }
+        .map_err(internal)?;
+        let p = p.ok_or_else(|| {
+            Status::not_found(if rev == 0 {
+                "no policy applied yet (flotilla policy apply FILE)".to_string()
+            } else {
+                format!("no policy revision {rev}")
+            })
+        })?;
+        Ok(Response::new(pb::GetPolicyResponse {
+            revision: p.revision,
+            toml: p.toml,
+            applied_at: p.applied_at,
+        }))
     }
 
     async fn list_jobs(
@@ -411,7 +448,17 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         self.0.require_admin(&req, "jobs")?;
-        Err(not_yet("jobs"))
+        let r = req.into_inner();
+        let host = (!r.host_id.is_empty()).then_some(r.host_id.as_str());
+        let jobs = self
+            .0
+            .catalog
+            .jobs(host, r.limit as usize)
+            .map_err(internal)?
+            .iter()
+            .map(job_pb)
+            .collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
     type WatchJobsStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Job, Status>> + Send>>;
@@ -421,7 +468,28 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
         self.0.require_admin(&req, "jobs --watch")?;
-        Err(not_yet("jobs --watch"))
+        let r = req.into_inner();
+        let mut events = self.0.fleet.subscribe_jobs();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let job = match events.recv().await {
+                    Ok(j) => j,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("jobs --watch fell {n} events behind");
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                if !r.host_id.is_empty() && r.host_id != job.host_id {
+                    continue;
+                }
+                if tx.send(Ok(job_pb(&job))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
 
     async fn list_chains(
@@ -429,23 +497,91 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListChainsRequest>,
     ) -> Result<Response<pb::ListChainsResponse>, Status> {
         self.0.require_admin(&req, "chains")?;
-        Err(not_yet("chains"))
+        let id = req.into_inner().host_id;
+        let host = self
+            .0
+            .catalog
+            .host(&id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("host {id} is not enrolled")))?;
+        let destination = match self.0.fleet.plan(&host) {
+            Ok(p) => p.url,
+            Err(_) => host.destination_override.clone().unwrap_or_default(),
+        };
+        let mut chains: Vec<pb::Chain> = Vec::new();
+        for set in self.0.catalog.sets(&id).map_err(internal)? {
+            if set.kind == "full" || chains.is_empty() {
+                chains.push(pb::Chain::default());
+            }
+            chains.last_mut().expect("pushed").sets.push(set_pb(&set));
+        }
+        Ok(Response::new(pb::ListChainsResponse {
+            destination,
+            chains,
+        }))
     }
 
     async fn trigger_backup(
         &self,
         req: Request<pb::TriggerBackupRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        self.0.require_admin(&req, "backup")?;
-        Err(not_yet("backup"))
+        let admin = self.0.require_admin(&req, "backup")?;
+        let r = req.into_inner();
+        let actor = format!("admin:{admin}");
+        let job = self
+            .0
+            .fleet
+            .trigger_backup(&r.host_id, r.full, &actor)
+            .await?;
+        self.0.audit(
+            &actor,
+            &format!(
+                "backup {}{}",
+                r.host_id,
+                if r.full { " --full" } else { "" }
+            ),
+            &format!("job {}", job.job_id),
+        );
+        Ok(Response::new(job_pb(&job)))
     }
 
     async fn rebuild_catalog(
         &self,
         req: Request<pb::RebuildCatalogRequest>,
     ) -> Result<Response<pb::RebuildCatalogResponse>, Status> {
-        self.0.require_admin(&req, "catalog rebuild")?;
-        Err(not_yet("catalog rebuild"))
+        let admin = self.0.require_admin(&req, "catalog rebuild")?;
+        let id = req.into_inner().host_id;
+        let resp = self
+            .0
+            .fleet
+            .rebuild((!id.is_empty()).then_some(id.as_str()))
+            .await?;
+        self.0.audit(
+            &format!("admin:{admin}"),
+            "catalog rebuild",
+            &format!(
+                "{} host(s), {} set(s), {} error(s)",
+                resp.hosts,
+                resp.sets,
+                resp.errors.len()
+            ),
+        );
+        Ok(Response::new(resp))
+    }
+
+    async fn adopt_host(
+        &self,
+        req: Request<pb::AdoptHostRequest>,
+    ) -> Result<Response<pb::AdoptHostResponse>, Status> {
+        let admin = self.0.require_admin(&req, "host adopt")?;
+        let r = req.into_inner();
+        let resp = self.0.fleet.adopt(&r.host_id, &r.url, &r.account).await?;
+        self.0.audit(
+            &format!("admin:{admin}"),
+            &format!("host adopt {} --from {}", r.host_id, r.url),
+            &format!("{} chain(s), {} set(s)", resp.chains, resp.sets),
+        );
+        Ok(Response::new(resp))
     }
 }
 
@@ -455,6 +591,8 @@ pub enum ServeError {
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("listen on {addr}: {error}")]
     Transport {
         addr: SocketAddr,
@@ -484,10 +622,24 @@ pub async fn serve(
         .client_ca_root(Certificate::from_pem(authority.ca_pem()))
         .client_auth_optional(true);
     let catalog = Catalog::open(&config.state_dir.join("catalog"))?;
+    let fleet = Fleet::new(catalog.clone(), config.clone())?;
     let shared = Arc::new(Shared {
         catalog,
         authority,
         heartbeat_secs: config.heartbeat_secs,
+        fleet: fleet.clone(),
+    });
+    // The scheduler: due slots become jobs, queued jobs go to connected hosts.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => fleet.tick().await,
+                _ = stop_rx.changed() => break,
+            }
+        }
     });
     tracing::info!("coordinator listening on {}", config.listen);
     Server::builder()
@@ -504,6 +656,8 @@ pub async fn serve(
             addr: config.listen,
             error,
         })?;
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
     shared.catalog.flush()?;
     Ok(())
 }
