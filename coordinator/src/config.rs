@@ -33,6 +33,9 @@ pub struct CoordinatorConfig {
     /// Seconds before the first retry of a failed job; doubles with each attempt
     /// (default 60).
     pub job_retry_delay_secs: u64,
+    /// A running job of an agent that has been disconnected this long is failed (and
+    /// retried when the agent returns): the agent died or lost its state (default 600).
+    pub lost_job_grace_secs: u64,
     /// Storage accounts by the name policies use in `account = "..."`.
     pub account: BTreeMap<String, AccountConfig>,
 }
@@ -47,6 +50,7 @@ impl Default for CoordinatorConfig {
             offline_credential_ttl_secs: 7 * 86400,
             job_max_attempts: 3,
             job_retry_delay_secs: 60,
+            lost_job_grace_secs: 600,
             account: BTreeMap::new(),
         }
     }

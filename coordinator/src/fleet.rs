@@ -98,6 +98,8 @@ pub struct Fleet {
     pub catalog: Catalog,
     pub config: CoordinatorConfig,
     sessions: Mutex<HashMap<String, Session>>,
+    /// When hosts with running jobs lost their session.
+    disconnected_at: Mutex<HashMap<String, i64>>,
     next_conn: AtomicU64,
     policy: RwLock<Arc<PolicyState>>,
     /// Next schedule slot per host with a schedule.
@@ -132,6 +134,7 @@ impl Fleet {
             catalog,
             config,
             sessions: Mutex::new(HashMap::new()),
+            disconnected_at: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             policy: RwLock::new(Arc::new(state)),
             next_slots: Mutex::new(HashMap::new()),
@@ -216,6 +219,10 @@ impl Fleet {
             .lock()
             .expect("sessions lock")
             .insert(host_id.to_string(), Session { conn, tx });
+        self.disconnected_at
+            .lock()
+            .expect("disconnected lock")
+            .remove(host_id);
         conn
     }
 
@@ -223,6 +230,10 @@ impl Fleet {
         let mut s = self.sessions.lock().expect("sessions lock");
         if s.get(host_id).is_some_and(|x| x.conn == conn) {
             s.remove(host_id);
+            self.disconnected_at
+                .lock()
+                .expect("disconnected lock")
+                .insert(host_id.to_string(), now());
         }
     }
 
@@ -531,6 +542,50 @@ impl Fleet {
         for host_id in hosts {
             if self.is_connected(&host_id) {
                 self.dispatch(&host_id).await;
+            } else {
+                self.fail_lost_jobs(&host_id, t);
+            }
+        }
+    }
+
+    /// Running jobs of a host gone longer than the grace period: failed, and retried
+    /// when it returns. (A host that was merely disconnected and still runs the job
+    /// reports the result anyway; it is recorded when it arrives.)
+    fn fail_lost_jobs(&self, host_id: &str, t: i64) {
+        let since = self
+            .disconnected_at
+            .lock()
+            .expect("disconnected lock")
+            .get(host_id)
+            .copied();
+        // Not seen since the coordinator started: measured from the start.
+        let since = match since {
+            Some(s) => s,
+            None => {
+                self.disconnected_at
+                    .lock()
+                    .expect("disconnected lock")
+                    .insert(host_id.to_string(), t);
+                return;
+            }
+        };
+        if t - since < self.config.lost_job_grace_secs as i64 {
+            return;
+        }
+        let _t = self.transitions.lock().expect("transitions lock");
+        let Ok(active) = self.catalog.active_jobs(host_id) else {
+            return;
+        };
+        for mut job in active {
+            if job.state == JobState::Running {
+                job.error = format!(
+                    "the agent has been unreachable for {}s during the job",
+                    t - since
+                );
+                self.fail_or_retry(&mut job);
+                if let Err(e) = self.save_job(&job) {
+                    tracing::error!("{host_id}: {e}");
+                }
             }
         }
     }

@@ -19,6 +19,7 @@ pub mod bins;
 pub mod duplicity;
 pub mod faults;
 pub mod fixture;
+pub mod fleet;
 pub mod gpg;
 pub mod stores;
 pub mod tree;
