@@ -104,6 +104,43 @@ struct DecryptArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Enroll this host with a coordinator: makes a key (kept in the state directory),
+    /// exchanges the one-time TOKEN for a certificate naming this host, and stores the
+    /// identity in STATE_DIR/identity.
+    Enroll {
+        /// Coordinator URL, e.g. https://coordinator.example:7443.
+        #[arg(long)]
+        coordinator: String,
+        /// One-time enrollment token (`flotilla token create`).
+        #[arg(long, env = "FLOTILLA_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The coordinator's CA certificate (pki/ca.pem from `flotilla init`).
+        #[arg(long, value_name = "FILE")]
+        ca_cert: PathBuf,
+        /// Extra labels k=v,k=v (the token's labels win).
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// Host name to register (default: this machine's).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Name in the coordinator's certificate (default: the URL's host; localhost for
+        /// an IP address).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Replace an existing identity.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The daemon: keeps a session with the coordinator (reconnecting with backoff),
+    /// applies pushed policies, runs jobs one at a time, and while the coordinator is
+    /// unreachable runs the cached policy's schedule itself, keeping results until they
+    /// are delivered. SIGTERM/SIGINT: finish the running job, then exit.
+    Run {
+        /// Passphrase for symmetric encryption (policies without encrypt_to keys) and to
+        /// read signatures of adopted duplicity chains. Also FLOTILLA_PASSPHRASE.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
     /// Back up SRC to URL: incremental when a chain exists, else full.
     Backup {
         /// Directory to back up.
@@ -440,6 +477,84 @@ fn open_store(cli: &Cli, url: &str, rt: &tokio::runtime::Runtime) -> Result<Bloc
     Ok(open_blocking_with(url, &options, rt.handle().clone())?)
 }
 
+/// `enroll` and `run`: the fleet side.
+fn run_fleet(cli: &Cli, rt: &tokio::runtime::Runtime, state_dir: PathBuf) -> Result<i32> {
+    use flotilla_client::fleet;
+    match &cli.command {
+        Command::Enroll {
+            coordinator,
+            token,
+            ca_cert,
+            labels,
+            hostname,
+            server_name,
+            force,
+        } => {
+            let ca_pem = std::fs::read_to_string(ca_cert)
+                .with_context(|| format!("--ca-cert {}", ca_cert.display()))?;
+            let mut label_map = std::collections::HashMap::new();
+            for part in labels.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (k, v) = part
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--labels: {part:?} is not k=v"))?;
+                label_map.insert(k.to_string(), v.to_string());
+            }
+            let ident = rt.block_on(fleet::enroll(fleet::EnrollRequest {
+                state_dir: &state_dir,
+                coordinator_url: coordinator,
+                token,
+                ca_pem: &ca_pem,
+                labels: label_map,
+                hostname: hostname.clone().unwrap_or_else(engine::backup::hostname),
+                server_name: server_name.clone(),
+                force: *force,
+            }))?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "host_id": ident.host_id,
+                    "coordinator": ident.coordinator_url,
+                    "state_dir": state_dir,
+                }))?;
+            } else {
+                println!(
+                    "Enrolled as {} with {}; identity in {}. Start the daemon: flotilla-agent run",
+                    ident.host_id,
+                    ident.coordinator_url,
+                    state_dir.join("identity").display()
+                );
+            }
+            Ok(0)
+        }
+        Command::Run { passphrase_file } => {
+            let passphrase = match passphrase_file {
+                Some(f) => Some(Passphrase::new(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("--passphrase-file {}", f.display()))?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string(),
+                )),
+                None => passphrase(),
+            };
+            rt.block_on(async {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    let _ = stop_tx.send(true);
+                });
+                fleet::run(state_dir, passphrase, stop_rx).await
+            })?;
+            Ok(0)
+        }
+        _ => unreachable!("not a fleet command"),
+    }
+}
+
 fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -447,6 +562,9 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
         .build()
         .context("starting the async runtime")?;
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    if matches!(cli.command, Command::Enroll { .. } | Command::Run { .. }) {
+        return run_fleet(cli, &rt, state_dir);
+    }
     let url = match &cli.command {
         Command::Backup { url, .. }
         | Command::Restore { url, .. }
@@ -456,6 +574,7 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
         | Command::RemoveOlderThan { url, .. }
         | Command::RemoveAllButNFull { url, .. }
         | Command::Cleanup { url, .. } => url,
+        Command::Enroll { .. } | Command::Run { .. } => unreachable!("handled above"),
     };
     if let Command::Backup { src, .. } = &cli.command {
         // Before the store is opened (which creates a local store's directory).
@@ -709,6 +828,7 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
             let plan = engine::retention::cleanup(&ctx, *force)?;
             report_retention(cli, &plan)
         }
+        Command::Enroll { .. } | Command::Run { .. } => unreachable!("handled above"),
     }
 }
 
