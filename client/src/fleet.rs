@@ -532,7 +532,7 @@ impl Worker {
             pb::JobKind::Prune => {
                 let rule = match &a.spec {
                     Some(pb::job_assignment::Spec::Prune(p)) => {
-                        p.retention.as_ref().and_then(|r| r.rule.clone())
+                        p.retention.as_ref().and_then(|r| r.rule)
                     }
                     _ => None,
                 };
