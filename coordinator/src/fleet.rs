@@ -81,6 +81,8 @@ impl PolicyState {
 struct Session {
     conn: u64,
     tx: Outbound,
+    /// Hello processed: jobs may be sent (not before the agent said what it runs).
+    ready: bool,
 }
 
 /// What a host's backups need: its policy, where they go and with which account.
@@ -215,10 +217,14 @@ impl Fleet {
     /// ends). Returns the connection number for [`Fleet::disconnected`].
     pub fn connected(&self, host_id: &str, tx: Outbound) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.sessions
-            .lock()
-            .expect("sessions lock")
-            .insert(host_id.to_string(), Session { conn, tx });
+        self.sessions.lock().expect("sessions lock").insert(
+            host_id.to_string(),
+            Session {
+                conn,
+                tx,
+                ready: false,
+            },
+        );
         self.disconnected_at
             .lock()
             .expect("disconnected lock")
@@ -298,6 +304,14 @@ impl Fleet {
         })();
         if let Err(e) = result {
             tracing::error!("{host_id}: hello: {e}");
+        }
+        if let Some(s) = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get_mut(host_id)
+        {
+            s.ready = true;
         }
         self.push_policy(host_id).await;
         self.dispatch(host_id).await;
@@ -690,7 +704,13 @@ impl Fleet {
 
     /// Sends the host its next queued job, unless one is running or it is offline.
     pub async fn dispatch(self: &Arc<Self>, host_id: &str) {
-        if !self.is_connected(host_id) {
+        let ready = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get(host_id)
+            .is_some_and(|s| s.ready);
+        if !ready {
             return;
         }
         let picked = (|| -> Result<Option<JobRecord>, FleetError> {

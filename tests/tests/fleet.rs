@@ -336,6 +336,74 @@ fn coordinator_killed_during_backup_loses_nothing() {
     assert_eq!(rebuilt["sets"], 1, "{rebuilt}");
 }
 
+/// With the coordinator down, the agent runs its scheduled backup from the cached
+/// policy and delivers the result when the coordinator is back; the coordinator does
+/// not run that slot again.
+#[test]
+fn agent_runs_its_schedule_while_the_coordinator_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    small_tree(&root.join("src"), 3);
+    let (mut c, _) = file_fleet(root, "");
+    let f = root.join("policies.toml");
+    let text = std::fs::read_to_string(&f)
+        .unwrap()
+        .replace("volsize_mb = 5", "volsize_mb = 5\nschedule = \"* * * * *\"");
+    std::fs::write(&f, text).unwrap();
+    c.json(&["policy", "apply", f.to_str().unwrap()]);
+    let mut a = Agent::enroll(
+        &c,
+        root,
+        "edge-1",
+        "role=edge",
+        &[("FLOTILLA_PASSPHRASE", PASSPHRASE)],
+    );
+    a.start();
+    wait_for(
+        Duration::from_secs(20),
+        "the agent to take the policy",
+        || {
+            c.hosts()
+                .iter()
+                .any(|h| h["policy_revision_applied"].as_u64() == Some(2))
+                .then_some(())
+        },
+    );
+    c.kill();
+    let result = wait_for(
+        Duration::from_secs(90),
+        "a scheduled backup run by the agent alone (result in its outbox)",
+        || (outbox_len(&a) > 0).then_some(()),
+    );
+    let _ = result;
+    c.restart();
+    let job = wait_for(
+        Duration::from_secs(60),
+        "the offline run in the catalog",
+        || {
+            c.jobs(&a.host_id)
+                .into_iter()
+                .find(|j| j["origin"] == "agent" && job_state(j) == "succeeded")
+        },
+    );
+    assert!(job["scheduled_for"].as_i64().unwrap() > 0, "{job}");
+    assert_eq!(job["set"]["kind"], "full", "{job}");
+    wait_for(Duration::from_secs(10), "the outbox to empty", || {
+        (outbox_len(&a) == 0).then_some(())
+    });
+    // The slot the agent served is not backed up again by the coordinator.
+    std::thread::sleep(Duration::from_secs(3));
+    let slot = job["scheduled_for"].as_i64().unwrap();
+    let again: Vec<_> = c
+        .jobs(&a.host_id)
+        .into_iter()
+        .filter(|j| j["origin"] == "schedule" && j["scheduled_for"].as_i64() == Some(slot))
+        .filter(|j| job_state(j) != "cancelled")
+        .collect();
+    assert!(again.is_empty(), "slot {slot} ran twice: {again:?}");
+    assert_eq!(chains(&c, &a.host_id)[0][0]["kind"], "full");
+}
+
 /// An agent killed mid-job: the job is failed and retried when the agent is back; the
 /// incomplete set it left is never counted.
 #[test]
