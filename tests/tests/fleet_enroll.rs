@@ -226,6 +226,28 @@ fn enrollment_tokens_and_identities() {
         );
     });
 
+    // A certificate naming an enrolled host that is not the one issued to it (a twin
+    // signed by the same CA, e.g. from a stolen CA key or a replayed CSR): refused.
+    let (twin_key, twin_csr) = pki::agent_key_and_csr().unwrap();
+    let twin_cert = pki::Authority::load(&dir.join("pki"))
+        .unwrap()
+        .sign_agent(&twin_csr, "web-01-example")
+        .unwrap();
+    rt.block_on(async {
+        let ch = channel(&coord.url, &dir, Some((der_to_pem(&twin_cert), twin_key))).await;
+        let mut agent = pb::agent_service_client::AgentServiceClient::new(ch);
+        let e = agent
+            .session(futures::stream::pending::<pb::AgentMessage>())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(
+            e.message().contains("not the one issued"),
+            "{}",
+            e.message()
+        );
+    });
+
     // The refusals are in the audit log.
     drop(coord);
     let catalog = Catalog::open(&dir.join("catalog")).unwrap();
@@ -242,6 +264,7 @@ fn enrollment_tokens_and_identities() {
         "no admin certificate",
         "not an admin certificate",
         "no host certificate",
+        "certificate not the enrolled one",
         "enrolled as web-01-example",
     ] {
         assert!(log.iter().any(|l| l.contains(needle)), "{needle}: {log:#?}");
