@@ -22,8 +22,8 @@
 //! |---------:|----------:|----------:|--------:|-------:|-------:|-------:|--------:|--------:|
 //! |    1 000 | 5 s       | 0.8 s     | 0.6 s   | 0.3 ms | 0.8 ms | 3.6 ms |  73 MiB | 0.08 s  |
 //! |   10 000 | 5 s       | 7.7 s     | 5.9 s   | 0.2 ms | 1.0 ms | 6.4 ms | 552 MiB | 0.81 s  |
-//! |   10 000 | 1 s       | 7.5 s     | 6.7 s   | 0.4 ms | 1.6 ms | 7.2 ms | 577 MiB | 0.99 s  |
-//! |   15 000 | 5 s       | 11 s      | 9.7 s   | 0.3 ms | 1.1 ms | 6.4 ms | 812 MiB | 1.09 s  |
+//! |   10 000 | 1 s       | —         | 6.7 s   | 0.4 ms | 1.6 ms | 7.2 ms | 577 MiB | 0.99 s  |
+//! |   15 000 | 5 s       | —         | 9.7 s   | 0.3 ms | 1.1 ms | 6.4 ms | 812 MiB | 1.09 s  |
 //!
 //! (Rollout: from `ApplyPolicy` until every session has received and acknowledged the
 //! new revision. The agents' default heartbeat is 15 s; 15 000 sessions is the open-file
