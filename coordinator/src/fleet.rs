@@ -243,6 +243,15 @@ impl Fleet {
         }
     }
 
+    /// Whether `conn` is still the host's session (not replaced, host not removed).
+    pub fn is_current(&self, host_id: &str, conn: u64) -> bool {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .get(host_id)
+            .is_some_and(|s| s.conn == conn)
+    }
+
     fn sender(&self, host_id: &str) -> Option<Outbound> {
         self.sessions
             .lock()

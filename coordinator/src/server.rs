@@ -249,6 +249,11 @@ impl AgentService for AgentSvc {
             // In order: results re-sent before Hello are recorded before Hello is read.
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
+                // Replaced by a newer session of the host, or the host was removed: end
+                // this stream (the agent reconnects, or is refused).
+                if !fleet.is_current(&host_id, conn) {
+                    break;
+                }
                 match msg.body {
                     Some(In::Hello(h)) => fleet.hello(&host_id, h).await,
                     Some(In::Heartbeat(hb)) => {

@@ -334,6 +334,24 @@ fn coordinator_killed_during_backup_loses_nothing() {
     // The catalog rebuilt from the storage listing agrees.
     let rebuilt = c.json(&["catalog", "rebuild"]);
     assert_eq!(rebuilt["sets"], 1, "{rebuilt}");
+
+    // Removing the host keeps its backups; its certificate stops working.
+    let store = root.join(format!("store/flotilla-{}", a.host_id));
+    let objects = std::fs::read_dir(&store).unwrap().count();
+    assert!(objects >= 3, "{objects} objects in {}", store.display());
+    c.run(&["host", "remove", &a.host_id]).assert_success();
+    assert_eq!(
+        std::fs::read_dir(&store).unwrap().count(),
+        objects,
+        "backups kept"
+    );
+    assert!(c.hosts().is_empty());
+    let out = c.run(&["chains", &a.host_id]);
+    assert!(
+        !out.status.success() && out.stderr_str().contains("not enrolled"),
+        "{}",
+        out.stderr_str()
+    );
 }
 
 /// With the coordinator down, the agent runs its scheduled backup from the cached
@@ -456,6 +474,30 @@ fn agent_killed_mid_job_is_retried_and_no_partial_set_counts() {
     assert_eq!(ch.iter().map(Vec::len).sum::<usize>(), 1, "{ch:?}");
     let rebuilt = c.json(&["catalog", "rebuild"]);
     assert_eq!(rebuilt["sets"], 1, "only complete sets: {rebuilt}");
+
+    // Asked explicitly, host removal deletes the host's backups.
+    a.kill();
+    let out = c.run(&["host", "remove", &a.host_id, "--delete-backups"]);
+    out.assert_success();
+    assert!(out.stdout_str().contains("deleted"), "{}", out.stdout_str());
+    let store = root.join(format!("store/flotilla-{}", a.host_id));
+    let left: Vec<_> = walk_files(&store);
+    assert!(left.is_empty(), "objects left: {left:?}");
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// A chain written by stock duplicity is adopted from its listing, shows in `chains`,
