@@ -1135,6 +1135,18 @@ impl Fleet {
                 r.map_err(backend)?;
                 deleted += 1;
             }
+            // A local directory may also hold upload leftovers the listing hides
+            // (object_store's `name#N` temporaries): the host's directory goes entirely.
+            if let Destination::File { path } = &dest
+                && path.exists()
+            {
+                std::fs::remove_dir_all(path).map_err(|error| StorageError::Io {
+                    destination: dest.to_string(),
+                    operation: "delete all",
+                    name: path.display().to_string(),
+                    error,
+                })?;
+            }
         }
         {
             let _t = self.transitions.lock().expect("transitions lock");
