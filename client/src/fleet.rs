@@ -517,6 +517,9 @@ impl Worker {
                     tracing::warn!("bandwidth_limit is not enforced by this agent yet");
                 }
                 let report = engine::backup::backup(&ctx, &opts).map_err(|e| e.to_string())?;
+                if a.job_id.is_empty() {
+                    self.remember_offline_writes(&ctx.store, &a.credential_json);
+                }
                 result.errors = report.stats.errors;
                 result.note = report.full_reason.clone().unwrap_or_default();
                 result.set = Some(pb::BackupSet {
@@ -555,6 +558,68 @@ impl Worker {
                 Ok(())
             }
             other => Err(format!("{other:?} jobs are not supported by this agent")),
+        }
+    }
+}
+
+impl Worker {
+    /// A Swift offline credential carries the container listing as of its minting
+    /// (TempURLs cannot list); after an offline backup the cached credential gets the
+    /// sets just written, so the next offline run continues from them and not from an
+    /// older set.
+    fn remember_offline_writes(
+        &self,
+        store: &flotilla_common::storage::BlockingStore,
+        credential: &str,
+    ) {
+        let Ok(ScopedCredential::Swift { access, mut grant }) =
+            ScopedCredential::from_json(credential)
+        else {
+            return;
+        };
+        let listing = match store.list() {
+            Ok(l) => l,
+            Err(e) => return tracing::warn!("re-listing after the offline backup: {e}"),
+        };
+        let old: std::collections::HashMap<String, flotilla_common::storage::swift::GrantedObject> =
+            grant
+                .listing
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| (o.name.clone(), o))
+                .collect();
+        let full = |n: &str| {
+            if grant.prefix.is_empty() || n.starts_with(&grant.prefix) {
+                n.to_string()
+            } else {
+                format!("{}{n}", grant.prefix)
+            }
+        };
+        grant.listing = Some(
+            listing
+                .iter()
+                .map(|o| {
+                    let name = full(&o.name);
+                    old.get(&name).cloned().unwrap_or(
+                        flotilla_common::storage::swift::GrantedObject {
+                            name,
+                            size: o.size,
+                            last_modified: chrono::Utc::now(),
+                            e_tag: None,
+                        },
+                    )
+                })
+                .collect(),
+        );
+        let Some(mut push) = self.paths.load_policy() else {
+            return;
+        };
+        if let Some(p) = push.policy.as_mut() {
+            p.offline_credential_json = ScopedCredential::Swift { access, grant }.to_json();
+        }
+        if let Err(e) = write_file(&self.paths.policy(), &push.encode_to_vec(), 0o600) {
+            tracing::error!("{e}");
         }
     }
 }
