@@ -560,3 +560,76 @@ fn duplicity_chain_is_adopted_continued_and_restored() {
     };
     assert_trees_equal(&src, &restored);
 }
+
+/// An adopted chain whose signatures the agent cannot read (it only has the fleet's
+/// public key, no passphrase): the next backup starts a new full chain and says why;
+/// the adopted chain stays registered.
+#[test]
+fn adopted_chain_without_the_passphrase_starts_a_new_full_chain_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let src = root.join("src");
+    small_tree(&src, 11);
+    let legacy_url = format!("file://{}", root.join("legacy").display());
+    Duplicity::new()
+        .with_passphrase(PASSPHRASE)
+        .full(&src, &legacy_url, &[])
+        .assert_success();
+
+    let gpg = flotilla_tests::GpgHome::new();
+    let key = gpg.generate_key("Fleet 2026", flotilla_tests::KeyAlgo::Ed25519);
+    std::fs::write(
+        root.join("fleet.asc"),
+        gpg.export_public_armored(&key.fingerprint),
+    )
+    .unwrap();
+    let c = Coordinator::start(&root.join("coordinator"), "heartbeat_secs = 1\n");
+    let policy = root.join("policies.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[destination.local]\nkind = \"file\"\npath = \"{root}/store\"\n\n\
+             [key.fleet]\npublic_key_file = \"fleet.asc\"\n\n\
+             [policy.all]\nsources = [\"{root}/src\"]\ndestination = \"local\"\n\
+             encrypt_to = [\"fleet\"]\n",
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    c.json(&["policy", "apply", policy.to_str().unwrap()]);
+    // No passphrase: the agent holds only the fleet's public key.
+    let mut a = Agent::enroll(&c, root, "old-2", "role=app", &[]);
+    c.json(&["host", "adopt", &a.host_id, "--from", &legacy_url]);
+    a.start();
+    let job = backup_now(&c, &a.host_id, &[]);
+    assert_eq!(job_state(&job), "succeeded", "{job}");
+    assert_eq!(job["set"]["kind"], "full", "{job}");
+    let note = job["note"].as_str().unwrap();
+    assert!(
+        note.contains("new full chain"),
+        "the job says why: {note:?}"
+    );
+    let ch = chains(&c, &a.host_id);
+    assert_eq!(ch.len(), 2, "adopted chain kept, new chain started: {ch:?}");
+    // The new chain restores with the fleet's secret key (held by operators, not agents).
+    let secret = root.join("fleet-secret.asc");
+    std::fs::write(&secret, gpg.export_secret_armored(&key.fingerprint)).unwrap();
+    let target = root.join("restore");
+    flotilla_tests::Cmd::agent()
+        .arg("--state-dir")
+        .arg(root.join("restore-state"))
+        .args(["restore", &legacy_url])
+        .arg(&target)
+        .arg("--decrypt-key")
+        .arg(&secret)
+        .env_remove("FLOTILLA_PASSPHRASE")
+        .env_remove("PASSPHRASE")
+        .run_ok();
+    let restored_root = target.join(src.strip_prefix("/").unwrap());
+    let restored = if restored_root.is_dir() {
+        restored_root
+    } else {
+        target.clone()
+    };
+    assert_trees_equal(&src, &restored);
+}
