@@ -199,6 +199,23 @@ impl SetStream {
             .unwrap_or_else(|| self.label.clone())
     }
 
+    /// A volume whose tar stream does not parse may have been damaged in storage: the
+    /// reader finishes the volume (hash and integrity check) and, if its stored bytes
+    /// no longer match the manifest, that is the error to report.
+    fn blame_damage(&mut self, obj: &str, err: EngineError) -> EngineError {
+        let Some(tar) = self.tar.take() else {
+            return err;
+        };
+        let mut feed = tar.into_inner();
+        match io::copy(&mut feed, &mut io::sink()) {
+            Err(e) => match EngineError::from_object_io(obj, e) {
+                m @ EngineError::HashMismatch { .. } => m,
+                _ => err,
+            },
+            Ok(_) => err,
+        }
+    }
+
     /// The next raw tar entry, crossing volume boundaries.
     fn next_raw(&mut self) -> Result<Option<(EntryName, TarHeader)>> {
         loop {
@@ -206,10 +223,14 @@ impl SetStream {
             let Some(tar) = self.tar.as_mut() else {
                 return Ok(None);
             };
-            match tar
-                .next_header()
-                .map_err(|e| EngineError::from((obj.clone(), e)))?
-            {
+            let header = match tar.next_header() {
+                Ok(h) => h,
+                Err(e) => {
+                    let err = EngineError::from((obj.clone(), e));
+                    return Err(self.blame_damage(&obj, err));
+                }
+            };
+            match header {
                 Some(h) => {
                     if h.typeflag == tarfmt::TYPE_HARDLINK {
                         return Err(EngineError::corrupt(
