@@ -25,6 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const AFTER_HELP: &str = "\
+Fleet: `flotilla-agent enroll --coordinator URL --token T --ca-cert ca.pem` once, then
+`flotilla-agent run` (systemd: deploy/flotilla-agent.service). The coordinator pushes the
+policy and jobs with short-lived storage credentials; the commands below work without one.
+
 Encryption: by default objects are OpenPGP-encrypted. Give --encrypt-key FILE (public keys,
 repeatable) and/or a passphrase in FLOTILLA_PASSPHRASE (PASSPHRASE also works, as with
 duplicity). Restores need the passphrase or --decrypt-key FILE (a secret key; its passphrase,
@@ -53,7 +57,8 @@ Stock duplicity reads what flotilla-agent writes, and the other way round:
 #[command(
     name = "flotilla-agent",
     version,
-    about = "Flotilla agent: duplicity-compatible encrypted backups of this host",
+    about = "Flotilla agent: duplicity-compatible encrypted backups of this host, standalone or \
+             as a daemon of a Flotilla coordinator",
     after_help = AFTER_HELP
 )]
 struct Cli {
