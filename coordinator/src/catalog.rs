@@ -175,6 +175,19 @@ pub struct JobRecord {
     pub progress: Option<JobProgress>,
     #[serde(default)]
     pub set: Option<SetRecord>,
+    /// Restore jobs: what to restore (never the key: that stays in memory).
+    #[serde(default)]
+    pub restore: Option<RestoreParams>,
+}
+
+/// A restore job's parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreParams {
+    pub source_host: String,
+    pub time: i64,
+    pub paths: Vec<String>,
+    pub target: String,
+    pub force: bool,
 }
 
 /// One line of the audit log.

@@ -35,6 +35,10 @@ pub enum FleetError {
     UnknownHost(String),
     #[error("host {0} has no policy (no policy selects its labels)")]
     NoPolicy(String),
+    #[error(
+        "restore job {0}: its key was held in memory only and the coordinator restarted; run the restore again"
+    )]
+    RestoreKeyLost(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
@@ -46,7 +50,9 @@ impl From<FleetError> for Status {
         match &e {
             FleetError::Policy(_) => Status::invalid_argument(e.to_string()),
             FleetError::UnknownHost(_) => Status::not_found(e.to_string()),
-            FleetError::NoPolicy(_) => Status::failed_precondition(e.to_string()),
+            FleetError::NoPolicy(_) | FleetError::RestoreKeyLost(_) => {
+                Status::failed_precondition(e.to_string())
+            }
             FleetError::Storage(s) if s.is_retryable() => Status::unavailable(e.to_string()),
             FleetError::Storage(_) | FleetError::Config(_) => {
                 Status::failed_precondition(e.to_string())
@@ -109,6 +115,9 @@ pub struct Fleet {
     /// Job state transitions are serialised (a host never gets two running jobs).
     transitions: Mutex<()>,
     containers_ready: Mutex<HashSet<String>>,
+    /// Decryption keys of restore jobs (key, passphrase), in memory only: a coordinator
+    /// restart loses them and the job fails asking to run it again.
+    restore_keys: Mutex<HashMap<String, (String, String)>>,
     job_events: broadcast::Sender<JobRecord>,
 }
 
@@ -142,6 +151,7 @@ impl Fleet {
             next_slots: Mutex::new(HashMap::new()),
             transitions: Mutex::new(()),
             containers_ready: Mutex::new(HashSet::new()),
+            restore_keys: Mutex::new(HashMap::new()),
             job_events,
         });
         for host in fleet.catalog.hosts()? {
@@ -660,6 +670,7 @@ impl Fleet {
             note: String::new(),
             progress: None,
             set: None,
+            restore: None,
         })
     }
 
@@ -768,14 +779,88 @@ impl Fleet {
         }
     }
 
+    /// A restore of `source`'s backups on `target` (the key stays in memory).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn restore(
+        self: &Arc<Self>,
+        r: pb::RestoreRequest,
+        by: &str,
+    ) -> Result<JobRecord, FleetError> {
+        let source = self
+            .catalog
+            .host(&r.source_host_id)?
+            .ok_or_else(|| FleetError::UnknownHost(r.source_host_id.clone()))?;
+        let target_host = if r.target_host_id.is_empty() {
+            r.source_host_id.clone()
+        } else {
+            r.target_host_id.clone()
+        };
+        self.catalog
+            .host(&target_host)?
+            .ok_or_else(|| FleetError::UnknownHost(target_host.clone()))?;
+        self.plan(&source)?;
+        let job = {
+            let _t = self.transitions.lock().expect("transitions lock");
+            let mut job = self.new_job(&target_host, JobKind::Restore, by)?;
+            job.restore = Some(crate::catalog::RestoreParams {
+                source_host: r.source_host_id.clone(),
+                time: r.time,
+                paths: r.paths.clone(),
+                target: r.target.clone(),
+                force: r.force,
+            });
+            self.restore_keys
+                .lock()
+                .expect("keys lock")
+                .insert(job.job_id.clone(), (r.decryption_key, r.passphrase));
+            self.save_job(&job)?;
+            job
+        };
+        self.dispatch(&target_host).await;
+        Ok(self.catalog.job(&job.job_id)?.unwrap_or(job))
+    }
+
     /// The assignment of a job, with a credential minted for it alone.
     async fn assignment(&self, job: &JobRecord) -> Result<pb::JobAssignment, FleetError> {
         let host = self
             .catalog
             .host(&job.host_id)?
             .ok_or_else(|| FleetError::UnknownHost(job.host_id.clone()))?;
-        let plan = self.plan(&host)?;
         let ttl = Duration::from_secs(self.config.job_credential_ttl_secs);
+        if job.kind == JobKind::Restore {
+            let params = job.restore.clone().ok_or_else(|| {
+                FleetError::NoPolicy(format!("{} (restore job without parameters)", job.host_id))
+            })?;
+            let (key, passphrase) = self
+                .restore_keys
+                .lock()
+                .expect("keys lock")
+                .get(&job.job_id)
+                .cloned()
+                .ok_or_else(|| FleetError::RestoreKeyLost(job.job_id.clone()))?;
+            let source = self
+                .catalog
+                .host(&params.source_host)?
+                .ok_or_else(|| FleetError::UnknownHost(params.source_host.clone()))?;
+            let plan = self.plan(&source)?;
+            let credential_json = self.credential(&plan, Access::Restore, ttl).await?;
+            return Ok(pb::JobAssignment {
+                job_id: job.job_id.clone(),
+                kind: pb::JobKind::Restore as i32,
+                attempt: job.attempt,
+                destination: plan.url.clone(),
+                credential_json,
+                spec: Some(pb::job_assignment::Spec::Restore(pb::RestoreSpec {
+                    time: params.time,
+                    paths: params.paths.clone(),
+                    target: params.target.clone(),
+                    force: params.force,
+                    decryption_key: key,
+                    passphrase,
+                })),
+            });
+        }
+        let plan = self.plan(&host)?;
         let (kind, access, spec) = match job.kind {
             JobKind::Backup => (
                 pb::JobKind::Backup,
@@ -941,7 +1026,19 @@ impl Fleet {
                 files: s.files,
             });
         job.set = set.clone();
-        if state == JobState::Failed && !r.job_id.is_empty() && job.state == JobState::Running {
+        if kind == JobKind::Restore {
+            // Not retried: the operator sees the failure; the key leaves memory now.
+            job.state = state;
+            if job.state.is_final() {
+                self.restore_keys
+                    .lock()
+                    .expect("keys lock")
+                    .remove(&job.job_id);
+            }
+        } else if state == JobState::Failed
+            && !r.job_id.is_empty()
+            && job.state == JobState::Running
+        {
             self.fail_or_retry(&mut job);
         } else {
             job.state = state;

@@ -211,6 +211,35 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Restore HOST's backup (as of --time) on HOST or --to another host, into --target
+    /// there, and follow the job. The key (--key FILE, passphrase from FLOTILLA_PASSPHRASE
+    /// or PASSPHRASE) goes to the agent inside the mutual-TLS session for this job only;
+    /// it is never stored. The target must be absent or empty unless --force.
+    Restore {
+        host: String,
+        /// Point in time (duplicity syntax: 3D, 2026-11-20, epoch seconds); default latest.
+        #[arg(long, short)]
+        time: Option<String>,
+        /// Restore only this path of the backup (repeatable).
+        #[arg(long = "path", value_name = "PATH")]
+        paths: Vec<String>,
+        /// The host that restores (default: HOST itself).
+        #[arg(long = "to", value_name = "TARGET_HOST")]
+        to: Option<String>,
+        /// Absolute directory on the restoring host.
+        #[arg(long)]
+        target: String,
+        /// Secret key file (armored) for backups encrypted to public keys.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Restore into a non-empty target.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Hosts: remove, adopt existing duplicity backups.
     #[command(subcommand)]
     Host(HostCommand),
@@ -674,39 +703,7 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("Job {} for {host} created.", job.job_id);
             }
             if wait {
-                let mut stream = c
-                    .watch_jobs(pb::ListJobsRequest {
-                        host_id: host.clone(),
-                        limit: 0,
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                // The job may have ended before the watch began.
-                let listed = c
-                    .list_jobs(pb::ListJobsRequest {
-                        host_id: host.clone(),
-                        limit: 20,
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner()
-                    .jobs;
-                if let Some(j) = listed.into_iter().find(|j| j.job_id == job.job_id) {
-                    job = j;
-                }
-                while !job_done(&job) {
-                    match stream.message().await.map_err(status_error)? {
-                        Some(j) if j.job_id == job.job_id => {
-                            if !json && j.state != job.state {
-                                eprintln!("{}", job_row(&j).join("  "));
-                            }
-                            job = j;
-                        }
-                        Some(_) => {}
-                        None => anyhow::bail!("the coordinator ended the watch"),
-                    }
-                }
+                job = follow_job(&mut c, job, json).await?;
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
@@ -718,6 +715,62 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }),
+        Command::Restore {
+            host,
+            time,
+            paths,
+            to,
+            target,
+            key,
+            force,
+            json,
+            connect,
+        } => {
+            let time = match &time {
+                Some(t) => flotilla_common::timespec::parse_time(t, chrono::Utc::now().timestamp())
+                    .with_context(|| format!("--time {t}"))?,
+                None => 0,
+            };
+            let decryption_key = match &key {
+                Some(f) => {
+                    std::fs::read_to_string(f).with_context(|| format!("--key {}", f.display()))?
+                }
+                None => String::new(),
+            };
+            let passphrase = std::env::var("FLOTILLA_PASSPHRASE")
+                .or_else(|_| std::env::var("PASSPHRASE"))
+                .unwrap_or_default();
+            block(async {
+                let mut c = admin_client(&connect).await?;
+                let job = c
+                    .restore(pb::RestoreRequest {
+                        source_host_id: host.clone(),
+                        target_host_id: to.clone().unwrap_or_default(),
+                        time,
+                        paths: paths.clone(),
+                        target: target.clone(),
+                        force,
+                        decryption_key,
+                        passphrase,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                if !json {
+                    eprintln!("Restore job {} on {} created.", job.job_id, job.host_id);
+                }
+                let job = follow_job(&mut c, job, json).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
+                } else {
+                    print!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
+                }
+                if job.state != pb::JobState::Succeeded as i32 {
+                    anyhow::bail!("restore job {} did not succeed: {}", job.job_id, job.error);
+                }
+                Ok(())
+            })
+        }
         Command::Host(HostCommand::Remove {
             host,
             delete_backups,
@@ -868,6 +921,48 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Follows a job until it ends (its state changes on stderr unless `json`).
+async fn follow_job(
+    c: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    mut job: pb::Job,
+    json: bool,
+) -> Result<pb::Job> {
+    let mut stream = c
+        .watch_jobs(pb::ListJobsRequest {
+            host_id: job.host_id.clone(),
+            limit: 0,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    // The job may have ended before the watch began.
+    let listed = c
+        .list_jobs(pb::ListJobsRequest {
+            host_id: job.host_id.clone(),
+            limit: 50,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .jobs;
+    if let Some(j) = listed.into_iter().find(|j| j.job_id == job.job_id) {
+        job = j;
+    }
+    while !job_done(&job) {
+        match stream.message().await.map_err(status_error)? {
+            Some(j) if j.job_id == job.job_id => {
+                if !json && j.state != job.state {
+                    eprintln!("{}", job_row(&j).join("  "));
+                }
+                job = j;
+            }
+            Some(_) => {}
+            None => anyhow::bail!("the coordinator ended the watch"),
+        }
+    }
+    Ok(job)
 }
 
 fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {

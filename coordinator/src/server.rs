@@ -574,6 +574,19 @@ impl AdminService for AdminSvc {
         Ok(Response::new(resp))
     }
 
+    async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<pb::Job>, Status> {
+        let admin = self.0.require_admin(&req, "restore")?;
+        let r = req.into_inner();
+        let actor = format!("admin:{admin}");
+        let what = format!(
+            "restore {} --to {} --target {} --time {} {:?}",
+            r.source_host_id, r.target_host_id, r.target, r.time, r.paths
+        );
+        let job = self.0.fleet.restore(r, &actor).await?;
+        self.0.audit(&actor, &what, &format!("job {}", job.job_id));
+        Ok(Response::new(job_pb(&job)))
+    }
+
     async fn adopt_host(
         &self,
         req: Request<pb::AdoptHostRequest>,

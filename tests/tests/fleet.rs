@@ -633,3 +633,65 @@ fn adopted_chain_without_the_passphrase_starts_a_new_full_chain_and_says_why() {
     };
     assert_trees_equal(&src, &restored);
 }
+
+/// A restore from the coordinator onto another host: host A's tree at two points in
+/// time, and a single file, restored by host B's agent into a directory there.
+#[test]
+fn restore_onto_another_host_through_the_coordinator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let src = root.join("src");
+    small_tree(&src, 21);
+    let (c, _) = file_fleet(root, "");
+    let pass = [("FLOTILLA_PASSPHRASE", PASSPHRASE)];
+    let mut a = Agent::enroll(&c, root, "src-a", "role=app", &pass);
+    let mut b = Agent::enroll(&c, root, "dst-b", "role=app", &pass);
+    a.start();
+    b.start();
+    let first = backup_now(&c, &a.host_id, &[]);
+    assert_eq!(job_state(&first), "succeeded", "{first}");
+    let t1 = first["set"]["end_time"].as_i64().unwrap();
+    let snap1 = root.join("snap1");
+    flotilla_tests::agent::copy_tree(&src, &snap1);
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(src.join("etc/hosts"), b"changed after the full\n").unwrap();
+    std::fs::write(src.join("etc/new.conf"), b"new\n").unwrap();
+    let second = backup_now(&c, &a.host_id, &[]);
+    assert_eq!(second["set"]["kind"], "incremental", "{second}");
+
+    let restore = |target: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "restore".to_string(),
+            a.host_id.clone(),
+            "--to".into(),
+            b.host_id.clone(),
+            "--target".into(),
+            target.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.admin()
+            .args(&refs)
+            .env("FLOTILLA_PASSPHRASE", PASSPHRASE)
+            .run()
+    };
+    let at_t1 = root.join("restore-t1");
+    restore(&at_t1, &["--time", &t1.to_string()]).assert_success();
+    assert_trees_equal(&snap1, &at_t1);
+    let latest = root.join("restore-latest");
+    restore(&latest, &[]).assert_success();
+    assert_trees_equal(&src, &latest);
+    let one = root.join("restore-one");
+    restore(&one, &["--time", &t1.to_string(), "--path", "etc/hosts"]).assert_success();
+    assert_eq!(
+        std::fs::read(one.join("hosts"))
+            .or_else(|_| std::fs::read(&one))
+            .unwrap(),
+        std::fs::read(snap1.join("etc/hosts")).unwrap()
+    );
+    // A non-empty target is refused and left as it was.
+    let out = restore(&latest, &[]);
+    assert!(!out.status.success());
+    assert!(out.stderr_str().contains("empty"), "{}", out.stderr_str());
+    assert_trees_equal(&src, &latest);
+}
