@@ -6,6 +6,8 @@ Subcommands:
   mutate  OUT --seed N                                  deterministic "day N" of changes
   hash    DIR                                           digest of a tree (determinism checks)
   run     [--profile medium] [--work DIR] [--tools ...] full / incremental / restore figures
+  fleet-restore [--size-gb 1] [--work DIR] [--flotilla-dir target/release] [--repeat N]
+          restore through the coordinator onto another host vs duplicity restore of the same chain
 
 See bench/README.md. This is a measuring tool: it prints figures, it does not assert.
 """
@@ -1330,6 +1332,502 @@ def indent(text: str, pre: str = "      | ") -> str:
 
 
 # ----------------------------------------------------------------------------------------
+# fleet-restore: a restore through the coordinator onto another host vs duplicity restore
+# ----------------------------------------------------------------------------------------
+
+def _nominal_mb(p: dict) -> float:
+    """Expected size in MB of a server-like profile (text files average ~4.2 KB, medium
+    files ~645 KB, the log plus its two rotated parts 1.5 x log_mb)."""
+    return (p["text_files"] * 4.21 / 1024 + p["medium_files"] * 645 / 1024 + p["db_mb"]
+            + p["media_mb"] + 1.5 * p["log_mb"])
+
+
+def fleet_profile(size_gb: float) -> str:
+    """Registers (and returns the name of) profile `fleet-<size>g`: the `large` server-like
+    tree scaled to about size_gb GB (same mix of small text files, medium files, a database
+    file, media and a log), with its own seed."""
+    name = f"fleet-{size_gb:g}g"
+    if name not in PROFILES:
+        big = PROFILES["large"]
+        f = size_gb * 1024 / _nominal_mb(big)
+        PROFILES[name] = dict(seed=55, text_files=max(100, round(big["text_files"] * f)),
+                              medium_files=max(5, round(big["medium_files"] * f)),
+                              db_mb=max(1, round(big["db_mb"] * f)),
+                              media_mb=max(3, round(big["media_mb"] * f)),
+                              media_range=(min(2 * MB, max(256 * KB, int(2 * MB * f))), 40 * MB),
+                              log_mb=max(1, round(big["log_mb"] * f)),
+                              links=80, empties=8)
+    return name
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FleetError(RuntimeError):
+    """A fleet process died or a fleet step failed: the run stops (processes are ended)."""
+
+
+def wait_until(timeout: float, what: str, check):
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            v = check()
+            if v:
+                return v
+        except FleetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
+            last = e
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}"
+                               + (f" (last error: {last})" if last else ""))
+        time.sleep(0.2)
+
+
+def proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of pid and its waited-for children, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def proc_peak_rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def proc_reset_peak(pid: int) -> None:
+    """Resets VmHWM (Linux >= 4.0: `5` in clear_refs), so the next reading is this step's peak."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+class Fleet:
+    """A coordinator (`flotilla serve`) and agents (`flotilla-agent run`) as real processes
+    on 127.0.0.1, each with its own state dir, HOME and TMPDIR, as tests/src/fleet.rs
+    starts them. Every process is started in its own session and ended by its pid."""
+
+    def __init__(self, root: str, bindir: str):
+        self.root = root
+        self.flotilla = os.path.join(bindir, "flotilla")
+        self.agent_bin = os.path.join(bindir, "flotilla-agent")
+        self.cdir = os.path.join(root, "coordinator")
+        self.port = 0
+        self.url = ""
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, str] = {}
+        self.agents: dict[str, dict] = {}
+
+    def base_env(self, name: str) -> dict:
+        e = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "USER", "LOGNAME")}
+        e.setdefault("LANG", "C.UTF-8")
+        home = os.path.join(self.root, "home", name)
+        os.makedirs(os.path.join(home, "tmp"), exist_ok=True)
+        e.update(HOME=home, TMPDIR=os.path.join(home, "tmp"))
+        return e
+
+    def admin_env(self) -> dict:
+        e = self.base_env("admin")
+        e.update(FLOTILLA_COORDINATOR=self.url, FLOTILLA_COORDINATOR_DIR=self.cdir)
+        return e
+
+    def admin(self, args: list[str], timeout: float = 120) -> dict | list:
+        """An admin command with --json; returns the parsed output (raises on failure)."""
+        r = subprocess.run([self.flotilla, *args, "--json"], env=self.admin_env(), capture_output=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise RuntimeError(f"flotilla {shlex.join(args)} --json: exit {r.returncode}: "
+                               f"{r.stderr.decode('utf-8', 'replace').strip()[-800:]}")
+        return json.loads(r.stdout)
+
+    def spawn(self, name: str, cmd: list[str], env: dict) -> subprocess.Popen:
+        log = os.path.join(self.root, "logs", f"{name}.log")
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        with open(log, "ab") as lf:
+            p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=lf, start_new_session=True)
+        self.procs[name] = p
+        self.logs[name] = log
+        return p
+
+    def start_coordinator(self, extra_config: str = "") -> None:
+        os.makedirs(self.cdir, exist_ok=True)
+        r = subprocess.run([self.flotilla, "init", "--dir", self.cdir], env=self.base_env("coordinator"),
+                           capture_output=True, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise RuntimeError(f"flotilla init: {r.stderr.decode('utf-8', 'replace').strip()}")
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        config = os.path.join(self.cdir, "coordinator.toml")
+        with open(config, "w") as f:
+            f.write(f'listen = "127.0.0.1:{self.port}"\nstate_dir = {json.dumps(self.cdir)}\n{extra_config}')
+        env = self.base_env("coordinator")
+        env["RUST_LOG"] = "info"
+        p = self.spawn("coordinator", [self.flotilla, "serve", "--config", config], env)
+
+        def listening():
+            if p.poll() is not None:
+                raise FleetError(f"flotilla serve exited with {p.returncode}:\n{tail(self.logs['coordinator'])}")
+            import socket
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        wait_until(30, "the coordinator to listen", listening)
+
+    def enroll(self, name: str, labels: str) -> str:
+        state = os.path.join(self.root, f"agent-{name}")
+        os.makedirs(state, exist_ok=True)
+        token = self.admin(["token", "create", "--labels", labels, "--ttl", "10m"])["token"]
+        r = subprocess.run([self.agent_bin, "--state-dir", state, "enroll", "--coordinator", self.url,
+                            "--token", token, "--ca-cert", os.path.join(self.cdir, "pki", "ca.pem"),
+                            "--hostname", name, "--json"],
+                           env=self.base_env(name), capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"flotilla-agent enroll {name}: exit {r.returncode}: "
+                               f"{r.stderr.decode('utf-8', 'replace').strip()[-800:]}")
+        host_id = json.loads(r.stdout)["host_id"]
+        self.agents[name] = dict(state=state, host_id=host_id)
+        return host_id
+
+    def start_agent(self, name: str) -> subprocess.Popen:
+        env = self.base_env(name)
+        env.update(FLOTILLA_PASSPHRASE=PASSPHRASE, RUST_LOG="info")
+        return self.spawn(f"agent-{name}", [self.agent_bin, "--state-dir", self.agents[name]["state"], "run"], env)
+
+    def host(self, host_id: str) -> dict | None:
+        return next((h for h in self.admin(["hosts"]) if h.get("host_id") == host_id), None)
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise FleetError(f"{name} exited with {p.returncode}:\n{tail(self.logs[name])}")
+
+    def stop(self) -> None:
+        for name, p in reversed(list(self.procs.items())):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for name, p in self.procs.items():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+
+
+def restored_root(target: str, src: str) -> str:
+    """A backup of an absolute source may restore as the tree itself or as its full path
+    below the target (a root of "/" with only that directory included); accept either."""
+    inner = os.path.join(target, src.lstrip("/"))
+    return inner if os.path.isdir(inner) else target
+
+
+def verify_restore(src_manifest: dict, target: str, src: str) -> tuple[bool, str, dict]:
+    root = restored_root(target, src)
+    v = compare_trees(src_manifest, tree_manifest(root))
+    if v["ok"]:
+        status = "ok, verified"
+        if v["mode_diffs"] or v["mtime_diffs"]:
+            status += f" (meta: {v['mode_diffs']} mode, {v['mtime_diffs']} mtime diffs)"
+    else:
+        status = (f"RESTORE DIFFERS: {v['missing']} missing, {v['extra']} extra, "
+                  f"{v['differ']} differ, e.g. {v['examples'][:3]}")
+    v["root"] = root
+    return v["ok"], status, v
+
+
+FLEET_ROWS = {"flotilla": "flotilla restore --to B", "duplicity": "duplicity restore",
+              "direct": "flotilla-agent restore"}
+
+
+def cmd_fleet_restore(args) -> int:
+    work = os.path.abspath(args.work)
+    bindir = os.path.abspath(args.flotilla_dir)
+    missing = [b for b in ("flotilla", "flotilla-agent") if not os.path.isfile(os.path.join(bindir, b))]
+    if missing:
+        print(f"{', '.join(missing)} not found in {bindir}.\n"
+              f"Build them first:  cargo build --release -p flotilla-client -p flotilla-coordinator --bins\n"
+              f"(or pass --flotilla-dir DIR, e.g. $CARGO_TARGET_DIR/release)", file=sys.stderr)
+        return 2
+    if not shutil.which("duplicity") or not shutil.which("gpg"):
+        print("duplicity and gpg are needed: apt-get install -y --no-install-recommends duplicity",
+              file=sys.stderr)
+        return 2
+    if args.size_gb <= 0:
+        print("--size-gb must be > 0", file=sys.stderr)
+        return 2
+    os.makedirs(work, exist_ok=True)
+    facts = machine_facts(work)
+    print(f"machine: nproc={facts['nproc']} cpu={facts['cpu']!r} kernel={facts['kernel']} "
+          f"mem={facts['memory']} work-fs={facts['work_fs']} python={facts['python']}")
+    profile = fleet_profile(args.size_gb)
+    src, dsinfo = ensure_dataset(work, profile)
+    src_bytes = dsinfo["stats"]["bytes"]
+    src_mb = src_bytes / MB
+    run_dir = os.path.join(work, "fleet-run")
+    if os.path.exists(run_dir):   # a kept previous run: deleted after this run's measurements
+        os.rename(run_dir, os.path.join(work, f"trash-{os.getpid()}-{int(time.time())}"))
+    os.makedirs(run_dir)
+    versions = {"flotilla": tool_version([os.path.join(bindir, "flotilla"), "--version"]),
+                "flotilla-agent": tool_version([os.path.join(bindir, "flotilla-agent"), "--version"]),
+                "duplicity": tool_version(["duplicity", "--version"]) + "; " + tool_version(["gpg", "--version"])}
+    print("versions:")
+    for t, v in versions.items():
+        print(f"  {t:<14} {v}")
+    print("method: coordinator + agents A and B as processes on 127.0.0.1 (separate state dirs); "
+          "policy: file destination, symmetric passphrase, volsize 200 MB; `flotilla backup A --full "
+          "--wait`; then per repeat, tools in alternating order: `flotilla restore A --to B --target DIR` "
+          "(wall time of the CLI, start to exit: job creation, dispatch, B's restore, the CLI seeing the "
+          "result) and `duplicity restore file://STORE/flotilla-A DIR` with an empty --archive-dir; "
+          "the store is read once (warm page cache) and `sync` is run before each; each restore is "
+          "verified against the source outside the timing. MB = 2^20 bytes; MB/s = source bytes / wall s.")
+
+    fleet = Fleet(run_dir, bindir)
+    dup = Duplicity(run_dir, args)
+    timeout = args.timeout or None
+    results, backup = [], {}
+    rc = 0
+    try:
+        t0 = time.monotonic()
+        src_manifest = tree_manifest(src)
+        print(f"source manifest: {len(src_manifest):,} entries ({time.monotonic() - t0:.1f}s)")
+        store = os.path.join(run_dir, "store")
+        os.makedirs(store)
+        fleet.start_coordinator("heartbeat_secs = 2\njob_max_attempts = 1\n")
+        host_a = fleet.enroll("bench-a", "role=bench-src")
+        host_b = fleet.enroll("bench-b", "role=bench-dst")
+        agent_b = fleet.start_agent("bench-b")
+        fleet.start_agent("bench-a")
+
+        def both_connected():
+            fleet.check_alive()
+            hs = {h["host_id"]: h for h in fleet.admin(["hosts"])}
+            return all(hs.get(h, {}).get("connected") for h in (host_a, host_b))
+        wait_until(60, "agents A and B to connect", both_connected)
+        policy = os.path.join(run_dir, "policies.toml")
+        with open(policy, "w") as f:
+            f.write(f'[destination.local]\nkind = "file"\npath = {json.dumps(store)}\n'
+                    f'container_prefix = "flotilla-"\n\n'
+                    f'[policy.bench]\nselect = {{ role = "bench-src" }}\nsources = [{json.dumps(src)}]\n'
+                    f'destination = "local"\nvolsize_mb = 200\n')
+        revision = fleet.admin(["policy", "apply", policy])["revision"]
+        wait_until(60, "agent A to apply the policy",
+                   lambda: (fleet.host(host_a) or {}).get("policy_revision_applied") == revision)
+        print(f"fleet: coordinator {fleet.url}, A={host_a}, B={host_b}, policy revision {revision}")
+
+        # The full backup of A (timed too, for reference).
+        warm([src])
+        os.sync()
+        blog = os.path.join(run_dir, "logs", "backup")
+        m = timed_run([fleet.flotilla, "backup", host_a, "--full", "--wait", "--json"], fleet.admin_env(),
+                      None, blog, timeout)
+        backup = dict(wall=m.wall, ok=m.ok, status="ok" if m.ok else f"FAILED ({m.error})")
+        try:
+            with open(blog + ".out") as f:
+                job = json.load(f)
+            backup.update(job=job, set=job.get("set"))
+        except (OSError, ValueError):
+            pass
+        if not m.ok:
+            raise FleetError(f"backup of A failed ({m.error}) after {m.wall:.1f}s:\n"
+                             f"{indent(tail(blog + '.err') or '(empty)')}")
+        container = os.path.join(store, f"flotilla-{host_a}")
+        try:
+            dest = fleet.admin(["chains", host_a]).get("destination", "")
+            if dest.startswith("file://"):
+                container = dest[len("file://"):]
+        except Exception as e:  # noqa: BLE001 - the conventional path is fine
+            print(f"(chains {host_a}: {e}; using {container})")
+        backup["stored_mb"] = tree_size(container) / MB
+        backup["container"] = container
+        s = backup.get("set") or {}
+        print(f"  backup A --full --wait  wall {m.wall:8.2f}s  {src_mb / m.wall:7.1f} MB/s  "
+              f"stored {backup['stored_mb']:.1f} MB in {s.get('volumes', '?')} volume(s), "
+              f"{s.get('files', '?')} files ({container})")
+        if not os.path.isdir(container) or backup["stored_mb"] == 0:
+            raise FleetError(f"backup of A: exit status 0 but nothing stored in {container}")
+
+        tools = ["flotilla", "duplicity"] + (["direct"] if args.direct else [])
+        for rep in range(args.repeat):
+            rdir = os.path.join(run_dir, f"r{rep}")
+            os.makedirs(os.path.join(rdir, "logs"))
+            order = tools if rep % 2 == 0 else list(reversed(tools))
+            print(f"\n[repeat {rep + 1}/{args.repeat}] order: {', '.join(order)}")
+            for t in order:
+                target = os.path.join(rdir, f"restore-{t}")
+                log = os.path.join(rdir, "logs", t)
+                r = dict(repeat=rep, tool=t, ok=False, status="", wall=None, cpu=None, rss_mb=None)
+                extra = ""
+                if t == "flotilla":
+                    fleet.check_alive()
+                    cmd = [fleet.flotilla, "restore", host_a, "--to", host_b, "--target", target, "--json"]
+                    env = fleet.admin_env()
+                    env["FLOTILLA_PASSPHRASE"] = PASSPHRASE
+                    warm([container])
+                    os.sync()
+                    proc_reset_peak(agent_b.pid)
+                    cpu0 = proc_cpu(agent_b.pid)
+                    m = timed_run(cmd, env, None, log, timeout)
+                    cpu1 = proc_cpu(agent_b.pid)
+                    r.update(cpu=(cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
+                             rss_mb=proc_peak_rss_mb(agent_b.pid), cli_cpu=m.user + m.sys if m.user is not None else None)
+                    try:
+                        with open(log + ".out") as f:
+                            job = json.load(f)
+                        r["job"] = job
+                        if job.get("started_at") and job.get("finished_at"):
+                            r["job_s"] = job["finished_at"] - job["started_at"]
+                            extra = f"  (job on B: {r['job_s']} s by its own 1-s timestamps)"
+                    except (OSError, ValueError):
+                        pass
+                    who = "agent B"
+                elif t == "duplicity":
+                    dup.prepare(rep)
+                    dup.store = container
+                    cmd, _ = dup.cmd_restore(target)
+                    warm([container])
+                    os.sync()
+                    try:
+                        m = timed_run(cmd, dup.env(), None, log, timeout)
+                    finally:
+                        dup.cleanup()
+                    r.update(cpu=(m.user + m.sys) if m.user is not None else None,
+                             rss_mb=m.rss_kb / 1024 if m.rss_kb is not None else None)
+                    who = "duplicity"
+                else:
+                    state2 = os.path.join(rdir, "direct-state")
+                    os.makedirs(state2)
+                    cmd = [fleet.agent_bin, "restore", "file://" + container, target, "--state-dir", state2]
+                    env = fleet.base_env("direct")
+                    env["FLOTILLA_PASSPHRASE"] = PASSPHRASE
+                    warm([container])
+                    os.sync()
+                    m = timed_run(cmd, env, None, log, timeout)
+                    r.update(cpu=(m.user + m.sys) if m.user is not None else None,
+                             rss_mb=m.rss_kb / 1024 if m.rss_kb is not None else None)
+                    who = "flotilla-agent"
+                with open(log + ".cmd", "w") as f:
+                    f.write(shlex.join(cmd) + "\n")
+                r.update(wall=m.wall, exit=m.exit)
+                if not m.ok:
+                    r["status"] = f"FAILED ({m.error}{'; ' + m.note if m.note else ''})"
+                    print(f"  {FLEET_ROWS[t]:<24} {r['status']} after {m.wall:.1f}s; stderr tail ({log}.err):")
+                    print(indent(tail(log + ".err") or "(empty)"))
+                    if t == "flotilla":
+                        print(f"    agent B log tail ({fleet.logs['agent-bench-b']}):")
+                        print(indent(tail(fleet.logs["agent-bench-b"])))
+                    results.append(r)
+                    continue
+                t0 = time.monotonic()
+                ok, status, v = verify_restore(src_manifest, target, src)
+                r.update(ok=ok, status=status, verify=v)
+                cpu = f"{r['cpu']:8.2f}s" if r["cpu"] is not None else "       -"
+                rss = f"{r['rss_mb']:7.1f} MB" if r["rss_mb"] is not None else "      - MB"
+                print(f"  {FLEET_ROWS[t]:<24} wall {m.wall:8.2f}s  {src_mb / m.wall:7.1f} MB/s  "
+                      f"cpu ({who}) {cpu}  rss {rss}  {status} (verify {time.monotonic() - t0:.1f}s){extra}")
+                results.append(r)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        print(f"\nFAILED: {type(e).__name__}: {e}")
+        for name, log in fleet.logs.items():
+            print(f"  {name} log tail ({log}):\n{indent(tail(log))}")
+        rc = 1
+    finally:
+        fleet.stop()
+        dup.cleanup()
+
+    summary = {}
+    for t in FLEET_ROWS:
+        rs = [r for r in results if r["tool"] == t]
+        if not rs:
+            continue
+        good = [r for r in rs if r["ok"]]
+        bad = [r for r in rs if not r["ok"]]
+        status = bad[0]["status"] if bad else good[-1]["status"]
+        if bad and good:
+            status = f"{len(good)}/{len(rs)} ok; {status}"
+        s = dict(runs=len(rs), ok=len(good), status=status)
+        if good:
+            med = lambda k: statistics.median([r[k] for r in good if r.get(k) is not None]) \
+                if any(r.get(k) is not None for r in good) else None
+            s.update(wall=med("wall"), cpu=med("cpu"), rss_mb=med("rss_mb"),
+                     wall_min=min(r["wall"] for r in good), wall_max=max(r["wall"] for r in good))
+            s["mb_s"] = src_mb / s["wall"]
+        summary[t] = s
+
+    print()
+    print(f"dataset {profile}: {dsinfo['stats']['files']:,} files, {src_mb:,.1f} MB "
+          f"({dsinfo['stats']['symlinks']} symlinks; generated in {dsinfo.get('gen_seconds', '?')}s)")
+    if backup.get("wall") is not None:
+        print(f"backup: flotilla backup A --full --wait: {backup['wall']:.2f} s "
+              f"({src_mb / backup['wall']:.1f} MB/s), {backup['status']}, stored {backup.get('stored_mb', 0):.1f} MB")
+    if summary:
+        print()
+        print(f"== restore of A's full backup" + (f" (median of {args.repeat})" if args.repeat > 1 else ""))
+        hdr = f"{'tool':<24} {'wall s':>8} {'MB/s':>8} {'CPU s':>8} {'peak RSS MB':>11}  status"
+        print(hdr)
+        print("-" * len(hdr))
+        for t, s in summary.items():
+            if "wall" not in s:
+                print(f"{FLEET_ROWS[t]:<24} {'-':>8} {'-':>8} {'-':>8} {'-':>11}  {s['status']}")
+                continue
+            spread = f" [{s['wall_min']:.2f}-{s['wall_max']:.2f}]" if s["runs"] > 1 else ""
+            print(f"{FLEET_ROWS[t]:<24} {s['wall']:>8.2f} {s['mb_s']:>8.1f} {fmt(s['cpu']):>8} "
+                  f"{fmt(s['rss_mb'], '.1f'):>11}  {s['status']}{spread}")
+        flo, dp = summary.get("flotilla", {}), summary.get("duplicity", {})
+        print()
+        if flo.get("wall") and dp.get("wall"):
+            print(f"ratio duplicity / flotilla (wall): {dp['wall'] / flo['wall']:.2f}x "
+                  f"(flotilla restore through the coordinator: {flo['mb_s']:.1f} MB/s, "
+                  f"duplicity: {dp['mb_s']:.1f} MB/s)")
+        else:
+            print("ratio: - (needs a successful flotilla and duplicity restore)")
+        print("CPU s / peak RSS: flotilla row = agent B's process (from /proc, children included; "
+              "the CLI itself is not counted), duplicity = duplicity + gpg (GNU time).")
+    if args.json:
+        doc = dict(machine=facts, versions=versions, profile=profile, dataset=dsinfo, repeat=args.repeat,
+                   backup=backup, results=results, summary=summary,
+                   generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"json written to {args.json}")
+    sys.stdout.flush()
+    t0 = time.monotonic()
+    for name in sorted(os.listdir(work)):
+        if name.startswith("trash-"):
+            shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"\ncleanup: {time.monotonic() - t0:.1f}s; "
+          + (f"store, logs and restored trees kept in {run_dir}" if args.keep
+             else f"run dir deleted; the dataset stays cached in {os.path.dirname(src)}"))
+    if rc == 0 and any(not s.get("ok") or s["ok"] < s["runs"] for s in summary.values()):
+        rc = 1
+    return rc
+
+
+# ----------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------
 
@@ -1391,6 +1889,21 @@ def main(argv=None) -> int:
     r.add_argument("--timeout", type=float, default=0, help="per-step timeout in seconds (0 = none)")
     r.add_argument("--clean", action="store_true",
                    help="delete stores and restored trees at the end (default: kept until the next run)")
+    fr = sub.add_parser("fleet-restore",
+                        help="restore ~SIZE GB through the coordinator onto another host vs duplicity restore")
+    fr.add_argument("--size-gb", type=float, default=1.0,
+                    help="dataset size (profile `large` scaled; cached as fleet-<size>g); default 1")
+    fr.add_argument("--work", default=os.path.join(REPO_ROOT, "bench", "work"),
+                    help="work dir (dataset cache, fleet state, store, restores); default bench/work")
+    fr.add_argument("--flotilla-dir", default=os.path.join(REPO_ROOT, "target", "release"),
+                    help="directory holding the flotilla and flotilla-agent binaries")
+    fr.add_argument("--repeat", type=int, default=1, help="restores per tool (one backup)")
+    fr.add_argument("--direct", action="store_true",
+                    help="also time `flotilla-agent restore file://STORE` without the coordinator")
+    fr.add_argument("--json", help="write all figures to this JSON file")
+    fr.add_argument("--timeout", type=float, default=0, help="per-step timeout in seconds (0 = none)")
+    fr.add_argument("--keep", action="store_true",
+                    help="keep the fleet's state dirs, logs, store and restored trees (default: deleted)")
     args = ap.parse_args(argv)
     if args.cmd == "gen":
         return cmd_gen(args)
@@ -1398,6 +1911,8 @@ def main(argv=None) -> int:
         return cmd_mutate(args)
     if args.cmd == "hash":
         return cmd_hash(args)
+    if args.cmd == "fleet-restore":
+        return cmd_fleet_restore(args)
     return cmd_run(args)
 
 

@@ -390,6 +390,20 @@ impl JobProgress {
     }
 }
 
+impl JobProgress {
+    fn shared(job_id: &str, events: &mpsc::UnboundedSender<Event>) -> Arc<JobProgress> {
+        Arc::new(JobProgress {
+            job_id: job_id.to_string(),
+            phase: Mutex::new(String::new()),
+            files: Default::default(),
+            bytes: Default::default(),
+            totals: Mutex::new((0, 0)),
+            last: Mutex::new(Instant::now()),
+            tx: events.clone(),
+        })
+    }
+}
+
 impl Progress for JobProgress {
     fn start(&self, phase: &str, total: Option<u64>) {
         *self.phase.lock().expect("phase") = phase.to_string();
@@ -475,32 +489,11 @@ impl Worker {
         kind: pb::JobKind,
         result: &mut pb::JobResult,
     ) -> Result<(), String> {
-        let credentials = if a.credential_json.is_empty() {
-            Credentials::FromEnvironment
-        } else {
-            Credentials::Scoped(
-                ScopedCredential::from_json(&a.credential_json).map_err(|e| e.to_string())?,
-            )
-        };
-        let options = OpenOptions {
-            credentials,
-            retry: RetryPolicy::default(),
-        };
-        let store = open_blocking_with(&a.destination, &options, self.rt.handle().clone())
-            .map_err(|e| e.to_string())?;
-        let progress = Arc::new(JobProgress {
-            job_id: a.job_id.clone(),
-            phase: Mutex::new(String::new()),
-            files: Default::default(),
-            bytes: Default::default(),
-            totals: Mutex::new((0, 0)),
-            last: Mutex::new(Instant::now()),
-            tx: self.events.clone(),
-        });
+        let store = self.open_store(a)?;
         let ctx = Context {
             store,
             state_dir: self.paths.state_dir.clone(),
-            progress,
+            progress: JobProgress::shared(&a.job_id, &self.events),
         };
         let keys = DecryptionKeys {
             passphrases: self.passphrase.iter().cloned().collect(),
@@ -608,63 +601,133 @@ impl Worker {
             keys.passphrases.extend(self.passphrase.clone());
         }
         let store = self.open_store(a)?;
-        let progress = Arc::new(JobProgress {
-            job_id: a.job_id.clone(),
-            phase: Mutex::new("restore".into()),
-            files: Default::default(),
-            bytes: Default::default(),
-            totals: Mutex::new((0, 0)),
-            last: Mutex::new(Instant::now()),
-            tx: self.events.clone(),
-        });
         let ctx = Context {
             store,
             state_dir: self.paths.state_dir.clone(),
-            progress,
+            progress: JobProgress::shared(&a.job_id, &self.events),
         };
-        if spec.target.is_empty() || !spec.target.starts_with('/') {
-            return Err(format!(
-                "restore target {:?} must be an absolute path",
-                spec.target
-            ));
-        }
+        // A drill restores into a directory of its own, removed when the job ends.
+        let drill_dir = if spec.drill {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("restore-test-")
+                    .tempdir_in(&self.paths.state_dir)
+                    .map_err(|e| format!("a directory for the restore test: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let target = match &drill_dir {
+            Some(d) => d.path().join("tree"),
+            None if spec.target.starts_with('/') => PathBuf::from(&spec.target),
+            None => {
+                return Err(format!(
+                    "restore target {:?} must be an absolute path",
+                    spec.target
+                ));
+            }
+        };
         let paths: Vec<&str> = if spec.paths.is_empty() {
             vec![""]
         } else {
             spec.paths.iter().map(String::as_str).collect()
         };
-        let mut files = 0;
-        let mut bytes = 0;
-        let mut backup_time = 0;
-        for (i, p) in paths.iter().enumerate() {
-            let index = if p.is_empty() {
-                flotilla_common::archive::Index::root()
-            } else {
-                flotilla_common::archive::Index::parse(p.trim_start_matches('/').as_bytes())
-                    .map_err(|e| format!("path {p:?}: {e}"))?
-            };
+        let indexes = paths
+            .iter()
+            .map(|p| {
+                if p.trim_matches('/').is_empty() {
+                    Ok(flotilla_common::archive::Index::root())
+                } else {
+                    flotilla_common::archive::Index::parse(p.trim_start_matches('/').as_bytes())
+                        .map_err(|e| format!("path {p:?}: {e}"))
+                }
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut outcome = pb::RestoreOutcome {
+            target: target.display().to_string(),
+            verified: true,
+            ..Default::default()
+        };
+        for (i, index) in indexes.into_iter().enumerate() {
             let opts = engine::restore::RestoreOptions {
                 time: if spec.time > 0 { spec.time } else { now() },
                 path: index,
-                target: PathBuf::from(&spec.target),
+                target: target.clone(),
                 // Several paths go into one target: the first checks emptiness.
                 force: spec.force || i > 0,
                 keys: keys.clone(),
                 // SAFETY: geteuid has no preconditions.
                 restore_owner: unsafe { libc::geteuid() } == 0,
                 numeric_owner: false,
+                verify: true,
             };
+            let started = Instant::now();
             let report = engine::restore::restore(&ctx, &opts).map_err(|e| e.to_string())?;
-            files += report.stats.files;
-            bytes += report.stats.bytes;
-            backup_time = report.backup_time;
+            outcome.files += report.stats.files;
+            outcome.bytes += report.stats.bytes;
+            outcome.backup_time = report.backup_time;
+            outcome.not_restored_count += report.warnings.len() as u64;
+            outcome
+                .not_restored
+                .extend(report.warnings.iter().take(20).cloned());
+            if let Some(check) = &report.check {
+                outcome.verified &= check.verified();
+                outcome.paths_checked += check.checked;
+                outcome.bytes_hashed += check.bytes_hashed;
+                outcome.mismatches += check.mismatches;
+                outcome.differences.extend(
+                    check
+                        .differences
+                        .iter()
+                        .take(20)
+                        .map(|d| format!("{}: {}", d.path, d.what)),
+                );
+                outcome.verify_ms += check.millis;
+            }
+            outcome.restore_ms += (started.elapsed().as_millis() as u64)
+                .saturating_sub(report.check.as_ref().map_or(0, |c| c.millis));
         }
         result.note = format!(
-            "restored {files} path(s), {bytes} bytes into {} (backup time {})",
-            spec.target,
-            flotilla_common::archive::format_time(backup_time)
+            "restored {} path(s), {} bytes into {} (backup time {}); {}",
+            outcome.files,
+            outcome.bytes,
+            if spec.drill {
+                "a temporary directory (removed)"
+            } else {
+                spec.target.as_str()
+            },
+            flotilla_common::archive::format_time(outcome.backup_time),
+            if outcome.verified {
+                format!(
+                    "verified against the backup's signatures ({} path(s), {} bytes hashed)",
+                    outcome.paths_checked, outcome.bytes_hashed
+                )
+            } else {
+                format!("{} difference(s) from the backup", outcome.mismatches)
+            }
         );
-        Ok(())
+        let mut problems = Vec::new();
+        if outcome.not_restored_count > 0 {
+            problems.push(format!(
+                "{} path(s) could not be restored: {}",
+                outcome.not_restored_count,
+                outcome.not_restored.join("; ")
+            ));
+        }
+        if !outcome.verified {
+            problems.push(format!(
+                "the restored tree differs from the backup in {} place(s): {}",
+                outcome.mismatches,
+                outcome.differences.join("; ")
+            ));
+        }
+        result.restore = Some(outcome);
+        drop(drill_dir);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// A Swift offline credential carries the container listing as of its minting
@@ -817,6 +880,11 @@ fn selection_for(
 
 // ------------------------------------------------------------------ the daemon
 
+/// The longest pause between reconnection attempts (before jitter of 0.5-1.5x): a
+/// restarted coordinator has its agents back within about 45 s, and 10,000 agents
+/// reconnecting spread over that window (about 300 per second).
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
+
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(
     state_dir: PathBuf,
@@ -892,7 +960,7 @@ pub async fn run(
                 _ = shutdown.changed() => {}
             }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
+        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
     }
     tracing::info!("shutting down: finishing the running job, if any");
     drop(jobs_tx);

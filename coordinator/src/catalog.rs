@@ -178,6 +178,12 @@ pub struct JobRecord {
     /// Restore jobs: what to restore (never the key: that stays in memory).
     #[serde(default)]
     pub restore: Option<RestoreParams>,
+    /// Restore jobs, once finished: what was restored and how it checked out.
+    #[serde(default)]
+    pub restore_outcome: Option<RestoreOutcome>,
+    /// A job still queued then (unix seconds) is failed instead of started; 0: never.
+    #[serde(default)]
+    pub start_by: i64,
 }
 
 /// A restore job's parameters.
@@ -188,6 +194,42 @@ pub struct RestoreParams {
     pub paths: Vec<String>,
     pub target: String,
     pub force: bool,
+    /// A restore test: into a temporary directory of the agent's, checked, removed.
+    #[serde(default)]
+    pub drill: bool,
+}
+
+/// What a restore did and how its check against the backup's signatures went (as the
+/// agent reported it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreOutcome {
+    pub backup_time: i64,
+    pub files: u64,
+    pub bytes: u64,
+    pub verified: bool,
+    pub paths_checked: u64,
+    pub bytes_hashed: u64,
+    pub mismatches: u64,
+    pub differences: Vec<String>,
+    pub not_restored: Vec<String>,
+    pub not_restored_count: u64,
+    pub target: String,
+    pub restore_ms: u64,
+    pub verify_ms: u64,
+}
+
+/// A finished restore, kept as evidence (restores and restore tests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreEvidence {
+    pub job_id: String,
+    pub source_host: String,
+    pub target_host: String,
+    pub drill: bool,
+    pub state: JobState,
+    pub finished_at: i64,
+    pub error: String,
+    pub origin: String,
+    pub outcome: Option<RestoreOutcome>,
 }
 
 /// One line of the audit log.
@@ -271,6 +313,8 @@ pub struct Catalog {
     active_jobs: sled::Tree,
     /// host → last schedule slot that has a job.
     slots: sled::Tree,
+    /// source host \0 finished_at \0 job id → restore evidence.
+    restores: sled::Tree,
 }
 
 impl Catalog {
@@ -289,6 +333,7 @@ impl Catalog {
             jobs: db.open_tree("jobs")?,
             active_jobs: db.open_tree("active_jobs")?,
             slots: db.open_tree("slots")?,
+            restores: db.open_tree("restores")?,
             db,
         })
     }
@@ -610,6 +655,48 @@ impl Catalog {
         self.slots.remove(host_id.as_bytes())?;
         self.replace_sets(host_id, &[])?;
         Ok(())
+    }
+
+    // -------------------------------------------------------------- restores
+
+    /// Records a finished restore (idempotent per job).
+    pub fn put_restore(&self, r: &RestoreEvidence) -> Result<(), CatalogError> {
+        let mut key = r.source_host.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&r.finished_at.to_be_bytes());
+        key.push(0);
+        key.extend_from_slice(r.job_id.as_bytes());
+        self.restores.insert(key, encode(r))?;
+        Ok(())
+    }
+
+    /// Restore evidence newest first, of one source host or all, at most `limit`
+    /// (0: all).
+    pub fn restores(
+        &self,
+        source_host: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RestoreEvidence>, CatalogError> {
+        let prefix = source_host
+            .map(|h| {
+                let mut p = h.as_bytes().to_vec();
+                p.push(0);
+                p
+            })
+            .unwrap_or_default();
+        let mut out: Vec<RestoreEvidence> = self
+            .restores
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("restores", &k, &v)
+            })
+            .collect::<Result<_, _>>()?;
+        out.sort_by(|a, b| b.finished_at.cmp(&a.finished_at));
+        if limit > 0 {
+            out.truncate(limit);
+        }
+        Ok(out)
     }
 
     // ----------------------------------------------------------------- audit

@@ -39,6 +39,9 @@ pub enum FleetError {
         "restore job {0}: its key was held in memory only and the coordinator restarted; run the restore again"
     )]
     RestoreKeyLost(String),
+    /// A request that cannot be served as asked (the message says why).
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
@@ -48,7 +51,9 @@ pub enum FleetError {
 impl From<FleetError> for Status {
     fn from(e: FleetError) -> Status {
         match &e {
-            FleetError::Policy(_) => Status::invalid_argument(e.to_string()),
+            FleetError::Policy(_) | FleetError::Invalid(_) => {
+                Status::invalid_argument(e.to_string())
+            }
             FleetError::UnknownHost(_) => Status::not_found(e.to_string()),
             FleetError::NoPolicy(_) | FleetError::RestoreKeyLost(_) => {
                 Status::failed_precondition(e.to_string())
@@ -573,6 +578,7 @@ impl Fleet {
             }
         };
         for host_id in hosts {
+            self.expire_unstarted(&host_id, t);
             if self.is_connected(&host_id) {
                 self.dispatch(&host_id).await;
             } else {
@@ -620,6 +626,63 @@ impl Fleet {
                     tracing::error!("{host_id}: {e}");
                 }
             }
+        }
+    }
+
+    /// Queued jobs whose start deadline passed (a restore for a host that stayed
+    /// offline): failed, with the reason, and a restore's key dropped.
+    fn expire_unstarted(&self, host_id: &str, t: i64) {
+        let _t = self.transitions.lock().expect("transitions lock");
+        let Ok(active) = self.catalog.active_jobs(host_id) else {
+            return;
+        };
+        for mut job in active {
+            if job.state != JobState::Queued || job.start_by == 0 || t < job.start_by {
+                continue;
+            }
+            let why = if self.is_connected(host_id) {
+                "was busy with other jobs"
+            } else {
+                "was not connected"
+            };
+            job.state = JobState::Failed;
+            job.finished_at = t;
+            job.error = format!(
+                "not started: {host_id} {why} within {}s of the request; nothing was written{}",
+                job.start_by - job.created_at,
+                if job.kind == JobKind::Restore {
+                    " and the key was dropped"
+                } else {
+                    ""
+                }
+            );
+            self.restore_keys
+                .lock()
+                .expect("keys lock")
+                .remove(&job.job_id);
+            if let Err(e) = self.save_job(&job) {
+                tracing::error!("{host_id}: {e}");
+            }
+            self.record_restore_evidence(&job);
+        }
+    }
+
+    /// Keeps a finished restore job as evidence.
+    fn record_restore_evidence(&self, job: &JobRecord) {
+        let Some(params) = &job.restore else { return };
+        let evidence = crate::catalog::RestoreEvidence {
+            job_id: job.job_id.clone(),
+            source_host: params.source_host.clone(),
+            target_host: job.host_id.clone(),
+            drill: params.drill,
+            state: job.state,
+            finished_at: job.finished_at,
+            error: job.error.clone(),
+            origin: job.origin.clone(),
+            outcome: job.restore_outcome.clone(),
+        };
+        if let Err(e) = self.catalog.put_restore(&evidence) {
+            tracing::error!("{}: restore evidence of {}: {e}", job.host_id, job.job_id);
         }
     }
 
@@ -671,6 +734,8 @@ impl Fleet {
             progress: None,
             set: None,
             restore: None,
+            restore_outcome: None,
+            start_by: 0,
         })
     }
 
@@ -799,6 +864,18 @@ impl Fleet {
             .host(&target_host)?
             .ok_or_else(|| FleetError::UnknownHost(target_host.clone()))?;
         self.plan(&source)?;
+        if r.drill && !r.target.is_empty() {
+            return Err(FleetError::Invalid(
+                "a restore test restores into a temporary directory of the agent's; give no target"
+                    .into(),
+            ));
+        }
+        if !r.drill && !r.target.starts_with('/') {
+            return Err(FleetError::Invalid(format!(
+                "restore target {:?} must be an absolute path on {target_host}",
+                r.target
+            )));
+        }
         let job = {
             let _t = self.transitions.lock().expect("transitions lock");
             let mut job = self.new_job(&target_host, JobKind::Restore, by)?;
@@ -808,7 +885,11 @@ impl Fleet {
                 paths: r.paths.clone(),
                 target: r.target.clone(),
                 force: r.force,
+                drill: r.drill,
             });
+            if r.start_within_secs > 0 {
+                job.start_by = job.created_at.saturating_add(r.start_within_secs as i64);
+            }
             self.restore_keys
                 .lock()
                 .expect("keys lock")
@@ -818,6 +899,21 @@ impl Fleet {
         };
         self.dispatch(&target_host).await;
         Ok(self.catalog.job(&job.job_id)?.unwrap_or(job))
+    }
+
+    /// A read-only credential for `host`'s container (for the admin CLI).
+    pub async fn read_access(&self, host_id: &str) -> Result<pb::ReadAccessResponse, FleetError> {
+        let host = self
+            .catalog
+            .host(host_id)?
+            .ok_or_else(|| FleetError::UnknownHost(host_id.to_string()))?;
+        let plan = self.plan(&host)?;
+        let ttl = Duration::from_secs(self.config.job_credential_ttl_secs);
+        let credential_json = self.credential(&plan, Access::Restore, ttl).await?;
+        Ok(pb::ReadAccessResponse {
+            destination: plan.url.clone(),
+            credential_json,
+        })
     }
 
     /// The assignment of a job, with a credential minted for it alone.
@@ -857,6 +953,7 @@ impl Fleet {
                     force: params.force,
                     decryption_key: key,
                     passphrase,
+                    drill: params.drill,
                 })),
             });
         }
@@ -1029,11 +1126,13 @@ impl Fleet {
         if kind == JobKind::Restore {
             // Not retried: the operator sees the failure; the key leaves memory now.
             job.state = state;
+            job.restore_outcome = r.restore.as_ref().map(restore_outcome_record);
             if job.state.is_final() {
                 self.restore_keys
                     .lock()
                     .expect("keys lock")
                     .remove(&job.job_id);
+                self.record_restore_evidence(&job);
             }
         } else if state == JobState::Failed
             && !r.job_id.is_empty()
@@ -1336,6 +1435,16 @@ fn policy_diff(before: Option<&Policy>, after: Option<&Policy>) -> Vec<String> {
 }
 
 /// The proto form of a job.
+fn job_state_pb(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
 pub fn job_pb(j: &JobRecord) -> pb::Job {
     pb::Job {
         job_id: j.job_id.clone(),
@@ -1346,13 +1455,7 @@ pub fn job_pb(j: &JobRecord) -> pb::Job {
             JobKind::Restore => pb::JobKind::Restore,
             JobKind::Verify => pb::JobKind::Verify,
         } as i32,
-        state: match j.state {
-            JobState::Queued => pb::JobState::Queued,
-            JobState::Running => pb::JobState::Running,
-            JobState::Succeeded => pb::JobState::Succeeded,
-            JobState::Failed => pb::JobState::Failed,
-            JobState::Cancelled => pb::JobState::Cancelled,
-        } as i32,
+        state: job_state_pb(j.state) as i32,
         created_at: j.created_at,
         started_at: j.started_at,
         finished_at: j.finished_at,
@@ -1370,6 +1473,63 @@ pub fn job_pb(j: &JobRecord) -> pb::Job {
         origin: j.origin.clone(),
         note: j.note.clone(),
         scheduled_for: j.scheduled_for,
+        source_host_id: j
+            .restore
+            .as_ref()
+            .map(|r| r.source_host.clone())
+            .unwrap_or_default(),
+        restore: j.restore_outcome.as_ref().map(restore_outcome_pb),
+        drill: j.restore.as_ref().is_some_and(|r| r.drill),
+    }
+}
+
+fn restore_outcome_record(o: &pb::RestoreOutcome) -> crate::catalog::RestoreOutcome {
+    crate::catalog::RestoreOutcome {
+        backup_time: o.backup_time,
+        files: o.files,
+        bytes: o.bytes,
+        verified: o.verified,
+        paths_checked: o.paths_checked,
+        bytes_hashed: o.bytes_hashed,
+        mismatches: o.mismatches,
+        differences: o.differences.clone(),
+        not_restored: o.not_restored.clone(),
+        not_restored_count: o.not_restored_count,
+        target: o.target.clone(),
+        restore_ms: o.restore_ms,
+        verify_ms: o.verify_ms,
+    }
+}
+
+pub fn restore_outcome_pb(o: &crate::catalog::RestoreOutcome) -> pb::RestoreOutcome {
+    pb::RestoreOutcome {
+        backup_time: o.backup_time,
+        files: o.files,
+        bytes: o.bytes,
+        verified: o.verified,
+        paths_checked: o.paths_checked,
+        bytes_hashed: o.bytes_hashed,
+        mismatches: o.mismatches,
+        differences: o.differences.clone(),
+        not_restored: o.not_restored.clone(),
+        not_restored_count: o.not_restored_count,
+        target: o.target.clone(),
+        restore_ms: o.restore_ms,
+        verify_ms: o.verify_ms,
+    }
+}
+
+pub fn restore_evidence_pb(e: &crate::catalog::RestoreEvidence) -> pb::RestoreEvidence {
+    pb::RestoreEvidence {
+        job_id: e.job_id.clone(),
+        source_host_id: e.source_host.clone(),
+        target_host_id: e.target_host.clone(),
+        drill: e.drill,
+        state: job_state_pb(e.state) as i32,
+        finished_at: e.finished_at,
+        error: e.error.clone(),
+        outcome: e.outcome.as_ref().map(restore_outcome_pb),
+        origin: e.origin.clone(),
     }
 }
 

@@ -235,6 +235,10 @@ enum Command {
         /// Restore into a non-empty target.
         #[arg(long)]
         force: bool,
+        /// Fail the restore if it has not started within this time (target host offline
+        /// or busy; its key is dropped then). 0: wait indefinitely.
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        start_within: String,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -723,9 +727,17 @@ fn run(cli: Cli) -> Result<()> {
             target,
             key,
             force,
+            start_within,
             json,
             connect,
         } => {
+            let start_within_secs = if start_within.trim() == "0" {
+                0
+            } else {
+                flotilla_common::timespec::parse_interval(&start_within)
+                    .with_context(|| format!("--start-within {start_within}"))?
+                    .max(1) as u64
+            };
             let time = match &time {
                 Some(t) => flotilla_common::timespec::parse_time(t, chrono::Utc::now().timestamp())
                     .with_context(|| format!("--time {t}"))?,
@@ -752,6 +764,8 @@ fn run(cli: Cli) -> Result<()> {
                         force,
                         decryption_key,
                         passphrase,
+                        drill: false,
+                        start_within_secs,
                     })
                     .await
                     .map_err(status_error)?
@@ -764,6 +778,9 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
                 } else {
                     print!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
+                    if let Some(o) = &job.restore {
+                        print!("{}", restore_summary(&job, o));
+                    }
                 }
                 if job.state != pb::JobState::Succeeded as i32 {
                     anyhow::bail!("restore job {} did not succeed: {}", job.job_id, job.error);
@@ -1089,6 +1106,53 @@ fn set_json(s: &pb::BackupSet) -> serde_json::Value {
         "volumes": s.volumes, "bytes": s.bytes, "files": s.files})
 }
 
+/// What a restore did and how its check went, for people.
+fn restore_summary(job: &pb::Job, o: &pb::RestoreOutcome) -> String {
+    let secs = o.restore_ms as f64 / 1000.0;
+    let mut out = format!(
+        "Restored {} path(s), {} bytes of {} (backup {}) into {} on {} in {:.1} s ({:.1} MB/s).\n",
+        o.files,
+        o.bytes,
+        job.source_host_id,
+        flotilla_common::archive::format_time(o.backup_time),
+        o.target,
+        job.host_id,
+        secs,
+        o.bytes as f64 / 1_048_576.0 / secs.max(0.001)
+    );
+    for p in &o.not_restored {
+        out.push_str(&format!("not restored: {p}\n"));
+    }
+    for d in &o.differences {
+        out.push_str(&format!("differs: {d}\n"));
+    }
+    out.push_str(&if o.verified {
+        format!(
+            "Verified: {} path(s) match the backup's signatures ({} bytes hashed in {:.1} s).\n",
+            o.paths_checked,
+            o.bytes_hashed,
+            o.verify_ms as f64 / 1000.0
+        )
+    } else {
+        format!(
+            "NOT verified: {} difference(s) from the backup's signatures.\n",
+            o.mismatches
+        )
+    });
+    out
+}
+
+fn restore_json(o: &pb::RestoreOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "backup_time": o.backup_time, "files": o.files, "bytes": o.bytes,
+        "verified": o.verified, "paths_checked": o.paths_checked,
+        "bytes_hashed": o.bytes_hashed, "mismatches": o.mismatches,
+        "differences": o.differences, "not_restored": o.not_restored,
+        "not_restored_count": o.not_restored_count, "target": o.target,
+        "restore_ms": o.restore_ms, "verify_ms": o.verify_ms,
+    })
+}
+
 fn job_json(j: &pb::Job) -> serde_json::Value {
     serde_json::json!({
         "job_id": j.job_id, "host_id": j.host_id, "kind": kind_text(j.kind),
@@ -1099,6 +1163,8 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
         "progress": j.progress.as_ref().map(|p| serde_json::json!({"phase": p.phase,
             "files_done": p.files_done, "bytes_done": p.bytes_done,
             "files_total": p.files_total, "bytes_total": p.bytes_total})),
+        "source_host_id": j.source_host_id, "drill": j.drill,
+        "restore": j.restore.as_ref().map(restore_json),
     })
 }
 

@@ -6,7 +6,7 @@
 //! refusals are written to the audit log.
 
 use crate::catalog::{AuditEntry, Catalog, CatalogError, HostRecord};
-use crate::fleet::{Fleet, job_pb, set_pb};
+use crate::fleet::{Fleet, FleetError, job_pb, restore_evidence_pb, set_pb};
 use crate::pki::{self, Authority, Identity};
 use flotilla_common::proto::v1 as pb;
 use pb::admin_service_server::{AdminService, AdminServiceServer};
@@ -582,9 +582,62 @@ impl AdminService for AdminSvc {
             "restore {} --to {} --target {} --time {} {:?}",
             r.source_host_id, r.target_host_id, r.target, r.time, r.paths
         );
-        let job = self.0.fleet.restore(r, &actor).await?;
-        self.0.audit(&actor, &what, &format!("job {}", job.job_id));
-        Ok(Response::new(job_pb(&job)))
+        let what = if r.drill {
+            format!(
+                "restore-test {} --to {}",
+                r.source_host_id, r.target_host_id
+            )
+        } else {
+            what
+        };
+        match self.0.fleet.restore(r, &actor).await {
+            Ok(job) => {
+                self.0.audit(&actor, &what, &format!("job {}", job.job_id));
+                Ok(Response::new(job_pb(&job)))
+            }
+            Err(e) => {
+                self.0.audit(&actor, &what, &format!("refused: {e}"));
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn list_restores(
+        &self,
+        req: Request<pb::ListRestoresRequest>,
+    ) -> Result<Response<pb::ListRestoresResponse>, Status> {
+        self.0.require_admin(&req, "restores")?;
+        let r = req.into_inner();
+        let host = (!r.source_host_id.is_empty()).then_some(r.source_host_id.as_str());
+        let restores = self
+            .0
+            .fleet
+            .catalog
+            .restores(host, r.limit as usize)
+            .map_err(FleetError::from)?;
+        Ok(Response::new(pb::ListRestoresResponse {
+            restores: restores.iter().map(restore_evidence_pb).collect(),
+        }))
+    }
+
+    async fn read_access(
+        &self,
+        req: Request<pb::ReadAccessRequest>,
+    ) -> Result<Response<pb::ReadAccessResponse>, Status> {
+        let admin = self.0.require_admin(&req, "read access")?;
+        let r = req.into_inner();
+        let actor = format!("admin:{admin}");
+        let what = format!("read access to {}'s backups", r.host_id);
+        match self.0.fleet.read_access(&r.host_id).await {
+            Ok(resp) => {
+                self.0.audit(&actor, &what, "granted");
+                Ok(Response::new(resp))
+            }
+            Err(e) => {
+                self.0.audit(&actor, &what, &format!("refused: {e}"));
+                Err(e.into())
+            }
+        }
     }
 
     async fn adopt_host(

@@ -394,8 +394,10 @@ fn agent_runs_its_schedule_while_the_coordinator_is_down() {
         || (outbox_len(&a) > 0).then_some(()),
     );
     c.restart();
+    // The agent's reconnection backoff reaches 30 s (x0.5-1.5 jitter) while the
+    // coordinator is down: allow for one full pause.
     let job = wait_for(
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         "the offline run in the catalog",
         || {
             c.jobs(&a.host_id)

@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use flotilla_client::engine::backup::{BackupMode, BackupOptions};
 use flotilla_client::engine::codec::Codec;
-use flotilla_client::engine::progress::{NoProgress, Progress, SharedProgress};
+use flotilla_client::engine::progress::{NoProgress, SharedProgress};
 use flotilla_client::engine::restore::RestoreOptions;
 use flotilla_client::engine::select::Rule;
 use flotilla_client::engine::{self, Context, EngineError, cache::default_state_dir};
@@ -18,11 +18,9 @@ use flotilla_common::storage::{
     open_blocking_with,
 };
 use flotilla_common::timespec::{parse_interval, parse_time};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const AFTER_HELP: &str = "\
 Fleet: `flotilla-agent enroll --coordinator URL --token T --ca-cert ca.pem` once, then
@@ -216,6 +214,10 @@ enum Command {
         /// Set owners from the stored numeric ids, not the user/group names.
         #[arg(long)]
         numeric_owner: bool,
+        /// Skip the check of the restored tree against the backup's signature files
+        /// (every file's data hashed, metadata compared) that runs after the restore.
+        #[arg(long)]
+        no_verify: bool,
         #[command(flatten)]
         decrypt: DecryptArgs,
     },
@@ -306,66 +308,11 @@ fn decryption_keys(args: &DecryptArgs) -> Result<DecryptionKeys> {
     Ok(keys)
 }
 
-/// A terminal progress bar (stderr).
-struct Bar {
-    bar: ProgressBar,
-    files: AtomicU64,
-    total_files: AtomicU64,
-}
-
-impl Progress for Bar {
-    fn wants_totals(&self) -> bool {
-        true
-    }
-    fn start(&self, phase: &str, total: Option<u64>) {
-        self.bar.set_prefix(phase.to_string());
-        if let Some(t) = total {
-            self.bar.set_length(t);
-        }
-    }
-    fn set_total(&self, bytes: u64, files: u64) {
-        self.bar.set_length(bytes);
-        self.total_files.store(files, Ordering::Relaxed);
-    }
-    fn bytes(&self, n: u64) {
-        self.bar.inc(n);
-    }
-    fn file(&self) {
-        let f = self.files.fetch_add(1, Ordering::Relaxed) + 1;
-        if f.is_multiple_of(64) {
-            let total = self.total_files.load(Ordering::Relaxed);
-            self.bar.set_message(if total > 0 {
-                format!("{f}/{total} files")
-            } else {
-                format!("{f} files")
-            });
-        }
-    }
-    fn note(&self, msg: &str) {
-        self.bar.println(msg);
-    }
-    fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-}
-
 fn progress(cli: &Cli) -> SharedProgress {
     if cli.no_progress || cli.json || !std::io::stderr().is_terminal() {
         return Arc::new(NoProgress);
     }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>8} {elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    Arc::new(Bar {
-        bar,
-        files: AtomicU64::new(0),
-        total_files: AtomicU64::new(0),
-    })
+    Arc::new(flotilla_client::terminal::TerminalProgress::new())
 }
 
 fn now() -> i64 {
@@ -733,6 +680,7 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
             force,
             no_owner,
             numeric_owner,
+            no_verify,
             decrypt,
             ..
         } => {
@@ -745,13 +693,14 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                 // SAFETY: geteuid has no preconditions.
                 restore_owner: !*no_owner && unsafe { libc::geteuid() } == 0,
                 numeric_owner: *numeric_owner,
+                verify: !*no_verify,
             };
             let report = engine::restore::restore(&ctx, &opts)?;
             if cli.json {
                 print_json(&report)?;
             } else {
                 for w in &report.warnings {
-                    eprintln!("warning: {w}");
+                    eprintln!("not restored: {w}");
                 }
                 eprintln!(
                     "Restored {} path(s), {} bytes from {} set(s) ({} volume(s)) into {} (backup time {}).",
@@ -762,8 +711,16 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                     report.target.display(),
                     format_time(report.backup_time)
                 );
+                if let Some(check) = &report.check {
+                    for d in &check.differences {
+                        eprintln!("differs: {}: {}", d.path, d.what);
+                    }
+                    eprintln!("{}", check.summary());
+                }
             }
-            Ok(0)
+            let failed =
+                !report.warnings.is_empty() || report.check.as_ref().is_some_and(|c| !c.verified());
+            Ok(if failed { 1 } else { 0 })
         }
         Command::Ls { time, decrypt, .. } => {
             let keys = decryption_keys(decrypt)?;

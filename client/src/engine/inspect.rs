@@ -190,21 +190,16 @@ fn kind_name(k: FileKind) -> &'static str {
     }
 }
 
-/// Every path of the backup at `time`, from the signature files (cached ones first, so
-/// no key is needed on the host that made the backups).
-pub fn list(
+/// The plaintext signature files of `sets` (oldest first), from the local cache where
+/// it has them, else downloaded and decrypted.
+pub fn signature_sources<'a>(
     ctx: &Context,
-    time: i64,
+    sets: impl IntoIterator<Item = &'a BackupSet>,
     keys: &DecryptionKeys,
-    mut each: impl FnMut(ListedPath),
-) -> Result<i64> {
-    let listing = ctx.store.list()?;
-    let coll = Collection::from_listing(listing.iter().map(|o| (o.name.clone(), o.size)));
-    let chain = coll.chain_for_time(time)?;
-    let sets = chain.sets_until(time);
+) -> Result<Vec<(String, Box<dyn Read + Send>)>> {
     let cache = ArchiveCache::open(&ctx.state_dir, ctx.store.label()).ok();
     let mut sources: Vec<(String, Box<dyn Read + Send>)> = Vec::new();
-    for s in &sets {
+    for s in sets {
         let cached = cache
             .as_ref()
             .map(|c| c.sigtar_path(s.times))
@@ -218,14 +213,27 @@ pub fn list(
             continue;
         }
         let obj = s.signatures.as_ref().ok_or_else(|| {
-            EngineError::NoBackup(format!(
-                "the {} set has no signature file to list from",
-                s.times
-            ))
+            EngineError::NoBackup(format!("the {} set has no signature file", s.times))
         })?;
         let (r, _) = open_object(&ctx.store, obj, keys)?;
         sources.push((obj.name.clone(), r));
     }
+    Ok(sources)
+}
+
+/// Every path of the backup at `time`, from the signature files (cached ones first, so
+/// no key is needed on the host that made the backups).
+pub fn list(
+    ctx: &Context,
+    time: i64,
+    keys: &DecryptionKeys,
+    mut each: impl FnMut(ListedPath),
+) -> Result<i64> {
+    let listing = ctx.store.list()?;
+    let coll = Collection::from_listing(listing.iter().map(|o| (o.name.clone(), o.size)));
+    let chain = coll.chain_for_time(time)?;
+    let sets = chain.sets_until(time);
+    let sources = signature_sources(ctx, sets.iter().copied(), keys)?;
     let mut state = SignatureState::open(sources)?;
     while let Some(e) = state.next_entry()? {
         each(ListedPath {

@@ -613,6 +613,9 @@ pub struct RestoreOptions {
     pub restore_owner: bool,
     /// Use the stored numeric ids, not the names.
     pub numeric_owner: bool,
+    /// After the restore, check the restored tree against the backup's signature
+    /// files (`verify::check_restored`).
+    pub verify: bool,
 }
 
 /// What a restore did.
@@ -625,7 +628,12 @@ pub struct RestoreReport {
     pub sets: Vec<String>,
     pub target: PathBuf,
     pub stats: TreeStats,
+    /// Paths that could not be restored (e.g. device nodes without root).
     pub warnings: Vec<String>,
+    /// Where the restored root landed (the target, or a file in it).
+    pub restored_root: PathBuf,
+    /// The check against the signatures, when asked for.
+    pub check: Option<super::verify::RestoreCheck>,
 }
 
 fn to_cstring(p: &Path) -> io::Result<CString> {
@@ -948,7 +956,19 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         }
     };
     let plan = plan(ctx, opts.time, &opts.keys)?;
-    ctx.progress.start("restore", None);
+    // The stored size of the volumes to read: an estimate of the data (compressed,
+    // encrypted), for progress displays.
+    let stored: u64 = plan
+        .sets
+        .iter()
+        .flat_map(|(set, m)| {
+            m.volumes
+                .values()
+                .filter(|v| v.may_contain(&opts.path))
+                .filter_map(|v| set.volumes.get(&v.number).map(|o| o.size))
+        })
+        .sum();
+    ctx.progress.start("restore", Some(stored));
 
     let target_is_dir = matches!(&target_md, Ok(md) if md.is_dir());
     if created_target {
@@ -985,7 +1005,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         buf: Vec::new(),
         deferred: Vec::new(),
     };
-    let result = (|| -> Result<TreeStats> {
+    let result = (|| -> Result<(TreeStats, PathBuf)> {
         std::fs::create_dir(&staging).map_err(|e| EngineError::io(&staging, e))?;
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| EngineError::io(&staging, e))?;
@@ -1047,7 +1067,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                     std::fs::remove_dir_all(&staging).map_err(|e| EngineError::io(&staging, e))?;
                     std::fs::remove_dir(target).map_err(|e| EngineError::io(target, e))?;
                     std::fs::rename(&tmp, target).map_err(|e| EngineError::io(target, e))?;
-                    return Ok(stats);
+                    return Ok((stats, target.clone()));
                 } else {
                     target.clone()
                 };
@@ -1061,15 +1081,29 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                     remove_any(&dest).map_err(|e| EngineError::io(&dest, e))?;
                 }
                 std::fs::rename(&root_path, &dest).map_err(|e| EngineError::io(&dest, e))?;
+                return Ok((stats, dest));
             }
             None => return Err(EngineError::NoBackup("nothing to restore".into())),
         }
-        Ok(stats)
+        Ok((stats, target.clone()))
     })();
     match result {
-        Ok(stats) => {
+        Ok((stats, restored_root)) => {
             let _ = std::fs::remove_dir_all(&staging);
             ctx.progress.finish();
+            let check = if opts.verify {
+                let sets: Vec<&BackupSet> = plan.sets.iter().map(|(s, _)| s).collect();
+                Some(super::verify::check_restored(
+                    ctx,
+                    &sets,
+                    &opts.path,
+                    &restored_root,
+                    &opts.keys,
+                    opts.restore_owner,
+                )?)
+            } else {
+                None
+            };
             Ok(RestoreReport {
                 time: plan.time,
                 backup_time: plan.sets.last().map(|(s, _)| s.times.end()).unwrap_or(0),
@@ -1077,6 +1111,8 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                 target: target.clone(),
                 stats,
                 warnings: sink.warnings,
+                restored_root,
+                check,
             })
         }
         Err(e) => {

@@ -5,12 +5,15 @@
 
 use super::Context;
 use super::error::{EngineError, Result};
+use super::inspect::signature_sources;
 use super::owners::Owners;
 use super::restore::{Content, TreeSink, TreeStats, plan, reconstruct};
 use super::select::Selection;
+use super::sigstate::SignatureState;
 use super::walk::{SourceEntry, Walker};
+use flotilla_common::archive::rsync::{SignatureBuilder, block_len_for};
 use flotilla_common::archive::tarfmt::read_full;
-use flotilla_common::archive::{FileKind, FileMeta, Index};
+use flotilla_common::archive::{BackupSet, FileKind, FileMeta, Index};
 use flotilla_common::crypto::DecryptionKeys;
 use serde::Serialize;
 use std::fs::File;
@@ -63,65 +66,10 @@ impl CompareSink {
     }
 
     fn compare_meta(&mut self, index: &Index, backup: &FileMeta, src: &SourceEntry) {
-        if backup.kind != src.meta.kind {
-            self.diff(
-                index,
-                format!(
-                    "type differs: backup {:?}, directory {:?}",
-                    backup.kind, src.meta.kind
-                ),
-            );
-            return;
-        }
-        match backup.kind {
-            FileKind::Symlink => {
-                if backup.link_target != src.meta.link_target {
-                    self.diff(
-                        index,
-                        format!(
-                            "symlink target differs: backup {:?}, directory {:?}",
-                            String::from_utf8_lossy(&backup.link_target),
-                            String::from_utf8_lossy(&src.meta.link_target)
-                        ),
-                    );
-                }
-                return;
-            }
-            FileKind::CharDevice | FileKind::BlockDevice
-                if (backup.devmajor, backup.devminor) != (src.meta.devmajor, src.meta.devminor) =>
-            {
-                self.diff(index, "device numbers differ");
-            }
-            _ => {}
-        }
-        if backup.perms != src.meta.perms {
-            self.diff(
-                index,
-                format!(
-                    "mode differs: backup {:o}, directory {:o}",
-                    backup.perms, src.meta.perms
-                ),
-            );
-        }
-        let uid = self.owners.local_uid(&backup.uname, backup.uid);
-        let gid = self.owners.local_gid(&backup.gname, backup.gid);
-        if (uid, gid) != (src.meta.uid, src.meta.gid) {
-            self.diff(
-                index,
-                format!(
-                    "owner differs: backup {uid}:{gid}, directory {}:{}",
-                    src.meta.uid, src.meta.gid
-                ),
-            );
-        }
-        if backup.mtime.max(0) != src.meta.mtime.max(0) {
-            self.diff(
-                index,
-                format!(
-                    "mtime differs: backup {}, directory {}",
-                    backup.mtime, src.meta.mtime
-                ),
-            );
+        let mut found = Vec::new();
+        meta_differences(backup, &src.meta, Some(&mut self.owners), &mut found);
+        for what in found {
+            self.diff(index, what);
         }
     }
 
@@ -197,6 +145,202 @@ impl TreeSink for CompareSink {
         }
         Ok(())
     }
+}
+
+/// How `backup`'s metadata differs from `found` (owners only with `owners`).
+fn meta_differences(
+    backup: &FileMeta,
+    found: &FileMeta,
+    owners: Option<&mut Owners>,
+    out: &mut Vec<String>,
+) {
+    if backup.kind != found.kind {
+        out.push(format!(
+            "type differs: backup {:?}, directory {:?}",
+            backup.kind, found.kind
+        ));
+        return;
+    }
+    match backup.kind {
+        FileKind::Symlink => {
+            if backup.link_target != found.link_target {
+                out.push(format!(
+                    "symlink target differs: backup {:?}, directory {:?}",
+                    String::from_utf8_lossy(&backup.link_target),
+                    String::from_utf8_lossy(&found.link_target)
+                ));
+            }
+            return;
+        }
+        FileKind::CharDevice | FileKind::BlockDevice
+            if (backup.devmajor, backup.devminor) != (found.devmajor, found.devminor) =>
+        {
+            out.push("device numbers differ".into());
+        }
+        _ => {}
+    }
+    if backup.perms != found.perms {
+        out.push(format!(
+            "mode differs: backup {:o}, directory {:o}",
+            backup.perms, found.perms
+        ));
+    }
+    if let Some(owners) = owners {
+        let uid = owners.local_uid(&backup.uname, backup.uid);
+        let gid = owners.local_gid(&backup.gname, backup.gid);
+        if (uid, gid) != (found.uid, found.gid) {
+            out.push(format!(
+                "owner differs: backup {uid}:{gid}, directory {}:{}",
+                found.uid, found.gid
+            ));
+        }
+    }
+    if backup.mtime.max(0) != found.mtime.max(0) {
+        out.push(format!(
+            "mtime differs: backup {}, directory {}",
+            backup.mtime, found.mtime
+        ));
+    }
+}
+
+/// A restored tree checked against the backup's signature files.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreCheck {
+    /// Paths of the backup compared with the restored tree.
+    pub checked: u64,
+    /// Regular files whose data was hashed against their librsync signature.
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+    /// Every difference found (the list keeps the first `MAX_LISTED`).
+    pub mismatches: u64,
+    pub differences: Vec<Difference>,
+    /// Time the check took.
+    pub millis: u64,
+}
+
+impl RestoreCheck {
+    const MAX_LISTED: usize = 1000;
+
+    pub fn verified(&self) -> bool {
+        self.mismatches == 0
+    }
+
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        if self.verified() {
+            format!(
+                "Verified: {} path(s) match the backup's signatures ({} file(s), {} bytes hashed).",
+                self.checked, self.files_hashed, self.bytes_hashed
+            )
+        } else {
+            format!(
+                "NOT verified: {} difference(s) from the backup's signatures among {} path(s).",
+                self.mismatches, self.checked
+            )
+        }
+    }
+
+    fn differ(&mut self, index: &Index, what: String) {
+        self.mismatches += 1;
+        if self.differences.len() < Self::MAX_LISTED {
+            self.differences.push(Difference {
+                path: index.display(),
+                what,
+            });
+        }
+    }
+}
+
+/// Checks a restored tree against the signature files of the sets it came from: every
+/// path of the backup under `prefix` must be at `restored` (re-rooted) with its type,
+/// mode, mtime, symlink target, owner (with `check_owner`) and, for regular files, data
+/// whose librsync signature equals the stored one (MD4 per block). The signatures are
+/// stored apart from the volumes the data came from, so this checks the whole restore
+/// path end to end. Paths in `restored` that the backup lacks are not differences (a
+/// forced restore into a directory that held other files).
+pub fn check_restored(
+    ctx: &Context,
+    sets: &[&BackupSet],
+    prefix: &Index,
+    restored: &Path,
+    keys: &DecryptionKeys,
+    check_owner: bool,
+) -> Result<RestoreCheck> {
+    let started = std::time::Instant::now();
+    let sources = signature_sources(ctx, sets.iter().copied(), keys)?;
+    let mut state = SignatureState::open(sources)?;
+    let mut found = Walker::new(restored.to_path_buf(), Selection::default(), vec![]).peekable();
+    let mut owners = Owners::default();
+    let mut check = RestoreCheck::default();
+    let mut buf = vec![0u8; 1 << 20];
+    ctx.progress.start("verify", None);
+    while let Some(entry) = state.next_entry()? {
+        let Some(index) = entry.index.strip_prefix(prefix) else {
+            continue;
+        };
+        check.checked += 1;
+        while found.peek().is_some_and(|f| f.index < index) {
+            found.next();
+        }
+        let Some(f) = found.next_if(|f| f.index == index) else {
+            check.differ(
+                &index,
+                "in the backup, missing from the restored tree".into(),
+            );
+            continue;
+        };
+        let mut whats = Vec::new();
+        meta_differences(
+            &entry.meta,
+            &f.meta,
+            check_owner.then_some(&mut owners),
+            &mut whats,
+        );
+        if whats.is_empty()
+            && f.meta.kind == FileKind::Regular
+            && let Some(stored) = &entry.signature
+        {
+            match signature_of_file(&f.path, stored, &mut buf) {
+                Ok((sig, n)) => {
+                    check.files_hashed += 1;
+                    check.bytes_hashed += n;
+                    ctx.progress.bytes(n);
+                    ctx.progress.file();
+                    if sig != *stored {
+                        whats.push("data differs from the backup's signature".into());
+                    }
+                }
+                Err(e) => whats.push(format!("cannot read the restored file: {e}")),
+            }
+        }
+        for what in whats {
+            check.differ(&index, what);
+        }
+    }
+    ctx.progress.finish();
+    check.millis = started.elapsed().as_millis() as u64;
+    Ok(check)
+}
+
+/// The librsync signature of `path` with the block length of `stored`, and its size.
+fn signature_of_file(path: &Path, stored: &[u8], buf: &mut [u8]) -> io::Result<(Vec<u8>, u64)> {
+    let block_len = stored
+        .get(4..8)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+        .filter(|&b| b > 0)
+        .unwrap_or_else(|| block_len_for(0));
+    let mut f = File::open(path)?;
+    let mut sig = SignatureBuilder::new(block_len);
+    let mut total = 0u64;
+    loop {
+        let n = read_full(&mut f, buf)?;
+        if n == 0 {
+            break;
+        }
+        sig.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((sig.finish(), total))
 }
 
 /// Compares the backup at `time` (restricted to `path`) with `directory`.

@@ -1,0 +1,109 @@
+//! A progress bar on the terminal (stderr), shared by the binaries: the engine reports
+//! through [`Progress`]; a job followed over gRPC updates [`TerminalProgress::show`].
+
+use crate::engine::progress::Progress;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Phase, elapsed time, bar, bytes, rate, ETA and a file count, redrawn at most 8 times
+/// a second.
+pub struct TerminalProgress {
+    bar: ProgressBar,
+    files: AtomicU64,
+    total_files: AtomicU64,
+}
+
+impl Default for TerminalProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TerminalProgress {
+    pub fn new() -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>8} {elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        TerminalProgress {
+            bar,
+            files: AtomicU64::new(0),
+            total_files: AtomicU64::new(0),
+        }
+    }
+
+    fn files_message(&self, done: u64, total: u64) {
+        self.bar.set_message(if total > 0 {
+            format!("{done}/{total} files")
+        } else {
+            format!("{done} files")
+        });
+    }
+
+    /// A totals estimate can be exceeded (stored sizes are compressed): the bar grows
+    /// rather than sitting at 100 %.
+    fn keep_within_length(&self) {
+        let pos = self.bar.position();
+        if self.bar.length().is_some_and(|l| pos > l) {
+            self.bar.set_length(pos + pos / 20);
+        }
+    }
+
+    /// Shows a remote job's progress as reported (absolute figures).
+    pub fn show(&self, phase: &str, files: u64, bytes: u64, files_total: u64, bytes_total: u64) {
+        self.bar.set_prefix(phase.to_string());
+        if bytes_total > 0 {
+            self.bar.set_length(bytes_total);
+        }
+        self.bar.set_position(bytes);
+        self.keep_within_length();
+        self.files_message(files, files_total);
+    }
+
+    /// Prints a line above the bar.
+    pub fn println(&self, msg: &str) {
+        self.bar.println(msg);
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn wants_totals(&self) -> bool {
+        true
+    }
+    fn start(&self, phase: &str, total: Option<u64>) {
+        // A new phase (restore, then verify) counts from zero.
+        let previous = self.bar.prefix();
+        if !previous.is_empty() && previous != phase {
+            self.bar.reset();
+            self.files.store(0, Ordering::Relaxed);
+        }
+        self.bar.set_prefix(phase.to_string());
+        if let Some(t) = total {
+            self.bar.set_length(t);
+        }
+    }
+    fn set_total(&self, bytes: u64, files: u64) {
+        self.bar.set_length(bytes);
+        self.total_files.store(files, Ordering::Relaxed);
+    }
+    fn bytes(&self, n: u64) {
+        self.bar.inc(n);
+        self.keep_within_length();
+    }
+    fn file(&self) {
+        let f = self.files.fetch_add(1, Ordering::Relaxed) + 1;
+        if f.is_multiple_of(64) {
+            self.files_message(f, self.total_files.load(Ordering::Relaxed));
+        }
+    }
+    fn note(&self, msg: &str) {
+        self.bar.println(msg);
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
