@@ -355,7 +355,7 @@ impl Paths {
 /// Events from the job worker to the session.
 enum Event {
     Progress(pb::Progress),
-    Result(pb::JobResult),
+    Result(Box<pb::JobResult>),
 }
 
 struct JobProgress {
@@ -479,7 +479,7 @@ impl Worker {
             tracing::error!("cannot keep the result of job {}: {e}", a.job_id);
         }
         *self.running.lock().expect("running") = None;
-        let _ = self.events.send(Event::Result(result));
+        let _ = self.events.send(Event::Result(Box::new(result)));
     }
 
     fn execute(
@@ -1117,7 +1117,7 @@ async fn session(
             ev = events.recv() => {
                 let body = match ev {
                     Some(Event::Progress(p)) => Out::Progress(p),
-                    Some(Event::Result(r)) => Out::Result(r),
+                    Some(Event::Result(r)) => Out::Result(*r),
                     None => return Ok(()),
                 };
                 if tx.send(send(body)).await.is_err() {

@@ -692,7 +692,7 @@ impl Catalog {
                 decode("restores", &k, &v)
             })
             .collect::<Result<_, _>>()?;
-        out.sort_by(|a, b| b.finished_at.cmp(&a.finished_at));
+        out.sort_by_key(|e| std::cmp::Reverse(e.finished_at));
         if limit > 0 {
             out.truncate(limit);
         }
