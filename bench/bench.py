@@ -1248,19 +1248,28 @@ def cmd_run(args) -> int:
         doc = dict(machine=facts, versions=versions, settings=settings, skipped=skipped,
                    profile=args.profile, dataset=dsinfo, mutation=mutation, repeat=args.repeat,
                    results=results, summary=summary, generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"json written to {args.json}")
+        write_json(args.json, doc)
     sys.stdout.flush()
     t0 = time.monotonic()
-    for name in sorted(os.listdir(work)):
-        if name.startswith("trash-"):
-            shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    empty_trash(work)
     if args.clean:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"\ncleanup (after measuring): {time.monotonic() - t0:.1f}s"
           + ("" if args.clean else f"; stores, logs and restored trees kept in {run_dir}"))
     return 0
+
+
+def write_json(path: str, doc: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"json written to {path}")
+
+
+def empty_trash(work: str) -> None:
+    """Deletes the trees earlier steps moved aside (after the timings are taken)."""
+    for name in sorted(os.listdir(work)):
+        if name.startswith("trash-"):
+            shutil.rmtree(os.path.join(work, name), ignore_errors=True)
 
 
 def run_step(tool: Tool, step: str, src: str, src_manifest, rep: int, timeout) -> dict:
@@ -1809,14 +1818,10 @@ def cmd_fleet_restore(args) -> int:
         doc = dict(machine=facts, versions=versions, profile=profile, dataset=dsinfo, repeat=args.repeat,
                    backup=backup, results=results, summary=summary,
                    generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"json written to {args.json}")
+        write_json(args.json, doc)
     sys.stdout.flush()
     t0 = time.monotonic()
-    for name in sorted(os.listdir(work)):
-        if name.startswith("trash-"):
-            shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    empty_trash(work)
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"\ncleanup: {time.monotonic() - t0:.1f}s; "
