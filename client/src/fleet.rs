@@ -648,6 +648,7 @@ impl Worker {
             verified: true,
             ..Default::default()
         };
+        let mut unverifiable: Option<String> = None;
         for (i, index) in indexes.into_iter().enumerate() {
             let opts = engine::restore::RestoreOptions {
                 time: if spec.time > 0 { spec.time } else { now() },
@@ -672,6 +673,9 @@ impl Worker {
                 .extend(report.warnings.iter().take(20).cloned());
             if let Some(check) = &report.check {
                 outcome.verified &= check.verified();
+                if let Some(reason) = &check.unverifiable {
+                    unverifiable.get_or_insert_with(|| reason.clone());
+                }
                 outcome.paths_checked += check.checked;
                 outcome.bytes_hashed += check.bytes_hashed;
                 outcome.mismatches += check.mismatches;
@@ -702,6 +706,8 @@ impl Worker {
                     "verified against the backup's signatures ({} path(s), {} bytes hashed)",
                     outcome.paths_checked, outcome.bytes_hashed
                 )
+            } else if outcome.mismatches == 0 {
+                format!("not verified: {}", unverifiable.as_deref().unwrap_or("?"))
             } else {
                 format!("{} difference(s) from the backup", outcome.mismatches)
             }
@@ -714,7 +720,7 @@ impl Worker {
                 outcome.not_restored.join("; ")
             ));
         }
-        if !outcome.verified {
+        if outcome.mismatches > 0 {
             problems.push(format!(
                 "the restored tree differs from the backup in {} place(s): {}",
                 outcome.mismatches,

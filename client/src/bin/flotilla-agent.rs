@@ -718,8 +718,10 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
                     eprintln!("{}", check.summary());
                 }
             }
-            let failed =
-                !report.warnings.is_empty() || report.check.as_ref().is_some_and(|c| !c.verified());
+            // Unverifiable (no signatures to check against) is said, not failed: the
+            // restore itself is complete.
+            let failed = !report.warnings.is_empty()
+                || report.check.as_ref().is_some_and(|c| c.mismatches > 0);
             Ok(if failed { 1 } else { 0 })
         }
         Command::Ls { time, decrypt, .. } => {

@@ -214,6 +214,9 @@ pub struct RestoreCheck {
     /// Every difference found (the list keeps the first `MAX_LISTED`).
     pub mismatches: u64,
     pub differences: Vec<Difference>,
+    /// Why the tree could not be checked at all (a set without a signature file, as a
+    /// hand-made or damaged archive may be): the restore stands, but is not verified.
+    pub unverifiable: Option<String>,
     /// Time the check took.
     pub millis: u64,
 }
@@ -221,13 +224,24 @@ pub struct RestoreCheck {
 impl RestoreCheck {
     const MAX_LISTED: usize = 1000;
 
+    /// The check ran and found the tree equal to the backup.
     pub fn verified(&self) -> bool {
-        self.mismatches == 0
+        self.mismatches == 0 && self.unverifiable.is_none()
+    }
+
+    /// A check that could not run because the backup holds nothing to check against.
+    pub fn unverifiable(reason: String) -> Self {
+        RestoreCheck {
+            unverifiable: Some(reason),
+            ..Default::default()
+        }
     }
 
     /// One line for people.
     pub fn summary(&self) -> String {
-        if self.verified() {
+        if let Some(reason) = &self.unverifiable {
+            format!("Not verified: {reason}.")
+        } else if self.verified() {
             format!(
                 "Verified: {} path(s) match the backup's signatures ({} file(s), {} bytes hashed).",
                 self.checked, self.files_hashed, self.bytes_hashed
@@ -267,6 +281,18 @@ pub fn check_restored(
     check_owner: bool,
 ) -> Result<RestoreCheck> {
     let started = std::time::Instant::now();
+    let cache = super::cache::ArchiveCache::open(&ctx.state_dir, ctx.store.label()).ok();
+    if let Some(unsigned) = sets.iter().find(|s| {
+        s.signatures.is_none()
+            && !cache
+                .as_ref()
+                .is_some_and(|c| c.sigtar_path(s.times).exists())
+    }) {
+        return Ok(RestoreCheck::unverifiable(format!(
+            "the {} set has no signature file to check the restored tree against",
+            unsigned.times
+        )));
+    }
     let sources = signature_sources(ctx, sets.iter().copied(), keys)?;
     let mut state = SignatureState::open(sources)?;
     let mut found = Walker::new(restored.to_path_buf(), Selection::default(), vec![]).peekable();
