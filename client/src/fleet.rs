@@ -434,6 +434,141 @@ struct Worker {
     rt: tokio::runtime::Runtime,
 }
 
+/// The keys of a restore: an armored secret key (may be empty) and a passphrase (for
+/// the key, or for symmetric encryption; may be empty).
+pub fn restore_keys(armored_key: &str, passphrase: &str) -> Result<DecryptionKeys, String> {
+    let mut keys = DecryptionKeys::default();
+    let pass = (!passphrase.is_empty()).then(|| Passphrase::new(passphrase.to_string()));
+    if !armored_key.is_empty() {
+        keys.secret_keys.push(
+            flotilla_common::crypto::SecretKey::from_bytes(armored_key.as_bytes(), pass.clone())
+                .map_err(|e| format!("the decryption key: {e}"))?,
+        );
+    }
+    keys.passphrases.extend(pass);
+    Ok(keys)
+}
+
+/// What to restore where, on this machine ([`restore_paths`]).
+pub struct RestoreInto<'a> {
+    /// Unix seconds; 0 for the latest backup.
+    pub time: i64,
+    /// Paths of the backup (empty: the whole tree).
+    pub paths: &'a [String],
+    pub target: &'a Path,
+    pub force: bool,
+    pub keys: &'a DecryptionKeys,
+}
+
+/// Restores `req.paths` of the backup into one target, each checked against the
+/// backup's signatures: the outcome (as the coordinator records it), a one-line note
+/// naming `shown_target`, and the problems that make the restore a failure (paths not
+/// restored, differences). Used by the agent's restore jobs and `flotilla restore
+/// --local`.
+pub fn restore_paths(
+    ctx: &Context,
+    req: &RestoreInto<'_>,
+    shown_target: &str,
+) -> Result<(pb::RestoreOutcome, String, Vec<String>), String> {
+    let paths: Vec<&str> = if req.paths.is_empty() {
+        vec![""]
+    } else {
+        req.paths.iter().map(String::as_str).collect()
+    };
+    let indexes = paths
+        .iter()
+        .map(|p| {
+            if p.trim_matches('/').is_empty() {
+                Ok(flotilla_common::archive::Index::root())
+            } else {
+                flotilla_common::archive::Index::parse(p.trim_start_matches('/').as_bytes())
+                    .map_err(|e| format!("path {p:?}: {e}"))
+            }
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut outcome = pb::RestoreOutcome {
+        target: req.target.display().to_string(),
+        verified: true,
+        ..Default::default()
+    };
+    let mut unverifiable: Option<String> = None;
+    for (i, index) in indexes.into_iter().enumerate() {
+        let opts = engine::restore::RestoreOptions {
+            time: if req.time > 0 { req.time } else { now() },
+            path: index,
+            target: req.target.to_path_buf(),
+            // Several paths go into one target: the first checks emptiness.
+            force: req.force || i > 0,
+            keys: req.keys.clone(),
+            // SAFETY: geteuid has no preconditions.
+            restore_owner: unsafe { libc::geteuid() } == 0,
+            numeric_owner: false,
+            verify: true,
+        };
+        let started = Instant::now();
+        let report = engine::restore::restore(ctx, &opts).map_err(|e| e.to_string())?;
+        outcome.files += report.stats.files;
+        outcome.bytes += report.stats.bytes;
+        outcome.backup_time = report.backup_time;
+        outcome.not_restored_count += report.warnings.len() as u64;
+        outcome
+            .not_restored
+            .extend(report.warnings.iter().take(20).cloned());
+        if let Some(check) = &report.check {
+            outcome.verified &= check.verified();
+            if let Some(reason) = &check.unverifiable {
+                unverifiable.get_or_insert_with(|| reason.clone());
+            }
+            outcome.paths_checked += check.checked;
+            outcome.bytes_hashed += check.bytes_hashed;
+            outcome.mismatches += check.mismatches;
+            outcome.differences.extend(
+                check
+                    .differences
+                    .iter()
+                    .take(20)
+                    .map(|d| format!("{}: {}", d.path, d.what)),
+            );
+            outcome.verify_ms += check.millis;
+        }
+        outcome.restore_ms += (started.elapsed().as_millis() as u64)
+            .saturating_sub(report.check.as_ref().map_or(0, |c| c.millis));
+    }
+    let note = format!(
+        "restored {} path(s), {} bytes into {} (backup time {}); {}",
+        outcome.files,
+        outcome.bytes,
+        shown_target,
+        flotilla_common::archive::format_time(outcome.backup_time),
+        if outcome.verified {
+            format!(
+                "verified against the backup's signatures ({} path(s), {} bytes hashed)",
+                outcome.paths_checked, outcome.bytes_hashed
+            )
+        } else if outcome.mismatches == 0 {
+            format!("not verified: {}", unverifiable.as_deref().unwrap_or("?"))
+        } else {
+            format!("{} difference(s) from the backup", outcome.mismatches)
+        }
+    );
+    let mut problems = Vec::new();
+    if outcome.not_restored_count > 0 {
+        problems.push(format!(
+            "{} path(s) could not be restored: {}",
+            outcome.not_restored_count,
+            outcome.not_restored.join("; ")
+        ));
+    }
+    if outcome.mismatches > 0 {
+        problems.push(format!(
+            "the restored tree differs from the backup in {} place(s): {}",
+            outcome.mismatches,
+            outcome.differences.join("; ")
+        ));
+    }
+    Ok((outcome, note, problems))
+}
+
 impl Worker {
     fn run_job(&self, a: pb::JobAssignment) {
         let started_at = now();
@@ -585,18 +720,7 @@ impl Worker {
         let Some(pb::job_assignment::Spec::Restore(spec)) = &a.spec else {
             return Err("restore job without a restore spec".into());
         };
-        let mut keys = DecryptionKeys::default();
-        let pass = (!spec.passphrase.is_empty()).then(|| Passphrase::new(spec.passphrase.clone()));
-        if !spec.decryption_key.is_empty() {
-            keys.secret_keys.push(
-                flotilla_common::crypto::SecretKey::from_bytes(
-                    spec.decryption_key.as_bytes(),
-                    pass.clone(),
-                )
-                .map_err(|e| format!("the decryption key: {e}"))?,
-            );
-        }
-        keys.passphrases.extend(pass);
+        let mut keys = restore_keys(&spec.decryption_key, &spec.passphrase)?;
         if keys.secret_keys.is_empty() && keys.passphrases.is_empty() {
             keys.passphrases.extend(self.passphrase.clone());
         }
@@ -627,106 +751,22 @@ impl Worker {
                 ));
             }
         };
-        let paths: Vec<&str> = if spec.paths.is_empty() {
-            vec![""]
-        } else {
-            spec.paths.iter().map(String::as_str).collect()
-        };
-        let indexes = paths
-            .iter()
-            .map(|p| {
-                if p.trim_matches('/').is_empty() {
-                    Ok(flotilla_common::archive::Index::root())
-                } else {
-                    flotilla_common::archive::Index::parse(p.trim_start_matches('/').as_bytes())
-                        .map_err(|e| format!("path {p:?}: {e}"))
-                }
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let mut outcome = pb::RestoreOutcome {
-            target: target.display().to_string(),
-            verified: true,
-            ..Default::default()
-        };
-        let mut unverifiable: Option<String> = None;
-        for (i, index) in indexes.into_iter().enumerate() {
-            let opts = engine::restore::RestoreOptions {
-                time: if spec.time > 0 { spec.time } else { now() },
-                path: index,
-                target: target.clone(),
-                // Several paths go into one target: the first checks emptiness.
-                force: spec.force || i > 0,
-                keys: keys.clone(),
-                // SAFETY: geteuid has no preconditions.
-                restore_owner: unsafe { libc::geteuid() } == 0,
-                numeric_owner: false,
-                verify: true,
-            };
-            let started = Instant::now();
-            let report = engine::restore::restore(&ctx, &opts).map_err(|e| e.to_string())?;
-            outcome.files += report.stats.files;
-            outcome.bytes += report.stats.bytes;
-            outcome.backup_time = report.backup_time;
-            outcome.not_restored_count += report.warnings.len() as u64;
-            outcome
-                .not_restored
-                .extend(report.warnings.iter().take(20).cloned());
-            if let Some(check) = &report.check {
-                outcome.verified &= check.verified();
-                if let Some(reason) = &check.unverifiable {
-                    unverifiable.get_or_insert_with(|| reason.clone());
-                }
-                outcome.paths_checked += check.checked;
-                outcome.bytes_hashed += check.bytes_hashed;
-                outcome.mismatches += check.mismatches;
-                outcome.differences.extend(
-                    check
-                        .differences
-                        .iter()
-                        .take(20)
-                        .map(|d| format!("{}: {}", d.path, d.what)),
-                );
-                outcome.verify_ms += check.millis;
-            }
-            outcome.restore_ms += (started.elapsed().as_millis() as u64)
-                .saturating_sub(report.check.as_ref().map_or(0, |c| c.millis));
-        }
-        result.note = format!(
-            "restored {} path(s), {} bytes into {} (backup time {}); {}",
-            outcome.files,
-            outcome.bytes,
+        let (outcome, note, problems) = restore_paths(
+            &ctx,
+            &RestoreInto {
+                time: spec.time,
+                paths: &spec.paths,
+                target: &target,
+                force: spec.force,
+                keys: &keys,
+            },
             if spec.drill {
                 "a temporary directory (removed)"
             } else {
                 spec.target.as_str()
             },
-            flotilla_common::archive::format_time(outcome.backup_time),
-            if outcome.verified {
-                format!(
-                    "verified against the backup's signatures ({} path(s), {} bytes hashed)",
-                    outcome.paths_checked, outcome.bytes_hashed
-                )
-            } else if outcome.mismatches == 0 {
-                format!("not verified: {}", unverifiable.as_deref().unwrap_or("?"))
-            } else {
-                format!("{} difference(s) from the backup", outcome.mismatches)
-            }
-        );
-        let mut problems = Vec::new();
-        if outcome.not_restored_count > 0 {
-            problems.push(format!(
-                "{} path(s) could not be restored: {}",
-                outcome.not_restored_count,
-                outcome.not_restored.join("; ")
-            ));
-        }
-        if outcome.mismatches > 0 {
-            problems.push(format!(
-                "the restored tree differs from the backup in {} place(s): {}",
-                outcome.mismatches,
-                outcome.differences.join("; ")
-            ));
-        }
+        )?;
+        result.note = note;
         result.restore = Some(outcome);
         drop(drill_dir);
         if problems.is_empty() {

@@ -107,3 +107,36 @@ impl Progress for TerminalProgress {
         self.bar.finish_and_clear();
     }
 }
+
+/// Asks for a secret on the controlling terminal with echo off (`None` without a
+/// terminal, as under cron or in scripts). The trailing newline is removed.
+pub fn prompt_secret(prompt: &str) -> std::io::Result<Option<String>> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    let Ok(tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        return Ok(None);
+    };
+    let fd = tty.as_raw_fd();
+    // SAFETY: termios is plain data; tcgetattr fills it for a valid descriptor.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        return Ok(None);
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    (&tty).write_all(prompt.as_bytes())?;
+    (&tty).flush()?;
+    // SAFETY: fd is open; `quiet` came from tcgetattr.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    // SAFETY: as above; echo comes back whatever the read did.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    read?;
+    Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
+}

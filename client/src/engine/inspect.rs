@@ -175,6 +175,13 @@ pub struct ListedPath {
     pub user: String,
     pub group: String,
     pub mtime: i64,
+    /// Regular files: the size range the stored librsync signature allows (it holds one
+    /// checksum pair per block, so the size is known to within one block; equal for
+    /// empty files). Exact sizes are only in the volumes, which a listing does not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_min: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_max: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
 }
@@ -236,6 +243,10 @@ pub fn list(
     let sources = signature_sources(ctx, sets.iter().copied(), keys)?;
     let mut state = SignatureState::open(sources)?;
     while let Some(e) = state.next_entry()? {
+        let bounds = e
+            .signature
+            .as_deref()
+            .and_then(flotilla_common::archive::rsync::size_bounds);
         each(ListedPath {
             path: e.index.display(),
             path_bytes: if e.index.is_root() {
@@ -250,6 +261,8 @@ pub fn list(
             user: String::from_utf8_lossy(&e.meta.uname).into_owned(),
             group: String::from_utf8_lossy(&e.meta.gname).into_owned(),
             mtime: e.meta.mtime,
+            size_min: bounds.map(|b| b.0),
+            size_max: bounds.map(|b| b.1),
             link_target: (e.meta.kind == FileKind::Symlink)
                 .then(|| String::from_utf8_lossy(&e.meta.link_target).into_owned()),
         });

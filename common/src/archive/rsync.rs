@@ -107,6 +107,28 @@ pub enum RsyncError {
     Io(#[from] io::Error),
 }
 
+/// The size range of the file a signature describes: a librsync signature holds one
+/// weak and one strong sum per block of `block_len` bytes (the last block shorter), and
+/// nothing else, so the size is known to within one block. `None` for anything that
+/// is not a well-formed signature.
+pub fn size_bounds(signature: &[u8]) -> Option<(u64, u64)> {
+    if signature.len() < HEADER_LEN || signature[..4] != SIGNATURE_MAGIC_MD4.to_be_bytes() {
+        return None;
+    }
+    let block = u64::from(u32::from_be_bytes(signature[4..8].try_into().ok()?));
+    let strong = u64::from(u32::from_be_bytes(signature[8..12].try_into().ok()?));
+    let body = (signature.len() - HEADER_LEN) as u64;
+    if block == 0 || strong == 0 || !body.is_multiple_of(4 + strong) {
+        return None;
+    }
+    let blocks = body / (4 + strong);
+    Some(if blocks == 0 {
+        (0, 0)
+    } else {
+        ((blocks - 1) * block + 1, blocks * block)
+    })
+}
+
 /// A parsed signature that deltas can be computed against.
 pub struct BasisSignature {
     sig: Signature,
@@ -300,6 +322,17 @@ pub fn apply_delta<R: Read, B: ReadAt + ?Sized, W: Write>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn size_bounds_bracket_the_file_size() {
+        for size in [0u64, 1, 511, 512, 513, 2048, 100_000, 3_000_001] {
+            let data = vec![7u8; size as usize];
+            let (lo, hi) = super::size_bounds(&super::signature_of(&data)).unwrap();
+            assert!(lo <= size && size <= hi, "{size}: {lo}..={hi}");
+            assert!(hi - lo < u64::from(super::block_len_for(size)), "{size}");
+        }
+        assert_eq!(super::size_bounds(b"junk"), None);
+    }
+
     use super::*;
 
     fn data(n: usize, seed: u64) -> Vec<u8> {
