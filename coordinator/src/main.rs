@@ -10,6 +10,10 @@ use flotilla_common::timespec::parse_interval;
 use flotilla_coordinator::server::{CoordinatorConfig, serve};
 use std::path::PathBuf;
 
+mod restore_cli;
+
+type AdminClient = pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>;
+
 #[derive(Parser)]
 #[command(
     name = "flotilla",
@@ -50,6 +54,16 @@ struct Connect {
     /// Name in the coordinator's server certificate.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+}
+
+/// The decryption key of a restore or listing.
+#[derive(clap::Args, Clone)]
+struct KeyArg {
+    /// Secret key file (armored) for backups encrypted to public keys; its passphrase,
+    /// or that of symmetrically encrypted backups, comes from FLOTILLA_PASSPHRASE or
+    /// PASSPHRASE, else from a prompt.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -212,9 +226,13 @@ enum Command {
         connect: Connect,
     },
     /// Restore HOST's backup (as of --time) on HOST or --to another host, into --target
-    /// there, and follow the job. The key (--key FILE, passphrase from FLOTILLA_PASSPHRASE
-    /// or PASSPHRASE) goes to the agent inside the mutual-TLS session for this job only;
-    /// it is never stored. The target must be absent or empty unless --force.
+    /// there, and follow the job (progress bar, then what was restored and whether it
+    /// matches the backup's signatures). Or --local DIR: restore on this machine, with a
+    /// read-only credential from the coordinator. The key (--key FILE; passphrase from
+    /// FLOTILLA_PASSPHRASE or PASSPHRASE, else asked for) goes to the agent inside the
+    /// mutual-TLS session for this job only; it is never stored. The target must be
+    /// absent or empty unless --force. Exit 1 when a path could not be restored or
+    /// differs from the backup.
     Restore {
         host: String,
         /// Point in time (duplicity syntax: 3D, 2026-11-20, epoch seconds); default latest.
@@ -224,14 +242,16 @@ enum Command {
         #[arg(long = "path", value_name = "PATH")]
         paths: Vec<String>,
         /// The host that restores (default: HOST itself).
-        #[arg(long = "to", value_name = "TARGET_HOST")]
+        #[arg(long = "to", value_name = "TARGET_HOST", conflicts_with = "local")]
         to: Option<String>,
         /// Absolute directory on the restoring host.
-        #[arg(long)]
-        target: String,
-        /// Secret key file (armored) for backups encrypted to public keys.
-        #[arg(long, value_name = "FILE")]
-        key: Option<PathBuf>,
+        #[arg(long, required_unless_present = "local")]
+        target: Option<String>,
+        /// Restore into DIR on this machine instead of through an agent.
+        #[arg(long, value_name = "DIR", conflicts_with = "target")]
+        local: Option<PathBuf>,
+        #[command(flatten)]
+        key: KeyArg,
         /// Restore into a non-empty target.
         #[arg(long)]
         force: bool,
@@ -239,6 +259,58 @@ enum Command {
         /// or busy; its key is dropped then). 0: wait indefinitely.
         #[arg(long, value_name = "DURATION", default_value = "1h")]
         start_within: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Restore test (drill): restore HOST's backup into a temporary directory on
+    /// DRILL_HOST, check every file against the backup's signatures, record the evidence
+    /// (`flotilla restores`) and remove the directory. Exit 1 unless verified.
+    RestoreTest {
+        host: String,
+        /// The host that runs the drill (it needs no access of its own: the job brings
+        /// a read-only credential and the key).
+        #[arg(long = "to", value_name = "DRILL_HOST")]
+        to: Option<String>,
+        /// Point in time; default latest.
+        #[arg(long, short)]
+        time: Option<String>,
+        #[command(flatten)]
+        key: KeyArg,
+        /// Fail if the drill has not started within this time. 0: wait indefinitely.
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        start_within: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Restore evidence, newest first: restores and drills, what they restored and
+    /// whether it matched the backup.
+    Restores {
+        /// Only restores of this host's backups.
+        host: Option<String>,
+        /// How many (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// What HOST's backup held at a time (under PATH): mode, owner, size, mtime, path.
+    /// Read on this machine from the signature files with a read-only credential from
+    /// the coordinator; the key stays here.
+    Ls {
+        host: String,
+        /// Only this path and what is under it.
+        path: Option<String>,
+        /// Point in time; default latest.
+        #[arg(long, short)]
+        time: Option<String>,
+        #[command(flatten)]
+        key: KeyArg,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -314,9 +386,7 @@ fn parse_labels(text: &str) -> Result<std::collections::HashMap<String, String>>
     Ok(out)
 }
 
-async fn admin_client(
-    c: &Connect,
-) -> Result<pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>> {
+async fn admin_client(c: &Connect) -> Result<AdminClient> {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
     let pki = c.dir.join("pki");
     let read = |name: &str| {
@@ -725,68 +795,107 @@ fn run(cli: Cli) -> Result<()> {
             paths,
             to,
             target,
+            local,
             key,
             force,
             start_within,
             json,
             connect,
         } => {
-            let start_within_secs = if start_within.trim() == "0" {
-                0
-            } else {
-                flotilla_common::timespec::parse_interval(&start_within)
-                    .with_context(|| format!("--start-within {start_within}"))?
-                    .max(1) as u64
-            };
-            let time = match &time {
-                Some(t) => flotilla_common::timespec::parse_time(t, chrono::Utc::now().timestamp())
-                    .with_context(|| format!("--time {t}"))?,
-                None => 0,
-            };
-            let decryption_key = match &key {
-                Some(f) => {
-                    std::fs::read_to_string(f).with_context(|| format!("--key {}", f.display()))?
-                }
-                None => String::new(),
-            };
-            let passphrase = std::env::var("FLOTILLA_PASSPHRASE")
-                .or_else(|_| std::env::var("PASSPHRASE"))
-                .unwrap_or_default();
-            block(async {
+            let time = time_arg(&time)?;
+            let key = restore_cli::RestoreKey::load(&key.key)?;
+            if let Some(dir) = local {
+                return restore_cli::restore_local(
+                    admin_client(&connect),
+                    &host,
+                    time,
+                    &paths,
+                    &dir,
+                    force,
+                    &key,
+                    json,
+                );
+            }
+            run_restore_job(
+                &connect,
+                pb::RestoreRequest {
+                    source_host_id: host,
+                    target_host_id: to.unwrap_or_default(),
+                    time,
+                    paths,
+                    target: target.unwrap_or_default(),
+                    force,
+                    decryption_key: key.armored,
+                    passphrase: key.passphrase,
+                    drill: false,
+                    start_within_secs: start_within_arg(&start_within)?,
+                },
+                json,
+            )
+        }
+        Command::RestoreTest {
+            host,
+            to,
+            time,
+            key,
+            start_within,
+            json,
+            connect,
+        } => {
+            let time = time_arg(&time)?;
+            let key = restore_cli::RestoreKey::load(&key.key)?;
+            run_restore_job(
+                &connect,
+                pb::RestoreRequest {
+                    source_host_id: host,
+                    target_host_id: to.unwrap_or_default(),
+                    time,
+                    drill: true,
+                    decryption_key: key.armored,
+                    passphrase: key.passphrase,
+                    start_within_secs: start_within_arg(&start_within)?,
+                    ..Default::default()
+                },
+                json,
+            )
+        }
+        Command::Restores {
+            host,
+            limit,
+            json,
+            connect,
+        } => {
+            let list = block(async {
                 let mut c = admin_client(&connect).await?;
-                let job = c
-                    .restore(pb::RestoreRequest {
-                        source_host_id: host.clone(),
-                        target_host_id: to.clone().unwrap_or_default(),
-                        time,
-                        paths: paths.clone(),
-                        target: target.clone(),
-                        force,
-                        decryption_key,
-                        passphrase,
-                        drill: false,
-                        start_within_secs,
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                if !json {
-                    eprintln!("Restore job {} on {} created.", job.job_id, job.host_id);
-                }
-                let job = follow_job(&mut c, job, json).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
-                } else {
-                    print!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
-                    if let Some(o) = &job.restore {
-                        print!("{}", restore_summary(&job, o));
-                    }
-                }
-                if job.state != pb::JobState::Succeeded as i32 {
-                    anyhow::bail!("restore job {} did not succeed: {}", job.job_id, job.error);
-                }
-                Ok(())
-            })
+                c.list_restores(pb::ListRestoresRequest {
+                    source_host_id: host.unwrap_or_default(),
+                    limit,
+                })
+                .await
+                .map_err(status_error)
+            })?
+            .into_inner();
+            print!("{}", restore_cli::evidence_output(&list.restores, json)?);
+            Ok(())
+        }
+        Command::Ls {
+            host,
+            path,
+            time,
+            key,
+            json,
+            connect,
+        } => {
+            let time = time_arg(&time)?;
+            let key = restore_cli::RestoreKey::load(&key.key)?;
+            restore_cli::ls(
+                admin_client(&connect),
+                &host,
+                time,
+                path.as_deref(),
+                &key,
+                json,
+            )
         }
         Command::Host(HostCommand::Remove {
             host,
@@ -941,6 +1050,64 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// Follows a job until it ends (its state changes on stderr unless `json`).
+/// `--time`: 0 (latest) when absent.
+fn time_arg(time: &Option<String>) -> Result<i64> {
+    Ok(match time {
+        Some(t) => flotilla_common::timespec::parse_time(t, chrono::Utc::now().timestamp())
+            .with_context(|| format!("--time {t}"))?,
+        None => 0,
+    })
+}
+
+fn start_within_arg(text: &str) -> Result<u64> {
+    Ok(if text.trim() == "0" {
+        0
+    } else {
+        parse_interval(text)
+            .with_context(|| format!("--start-within {text}"))?
+            .max(1) as u64
+    })
+}
+
+/// Creates a restore job (or drill) and follows it to its end; exit 1 unless it
+/// succeeded.
+fn run_restore_job(connect: &Connect, request: pb::RestoreRequest, json: bool) -> Result<()> {
+    let drill = request.drill;
+    block(async {
+        let mut c = admin_client(connect).await?;
+        let job = c.restore(request).await.map_err(status_error)?.into_inner();
+        if !json {
+            eprintln!(
+                "{} job {} on {} created.",
+                if drill { "Restore test" } else { "Restore" },
+                job.job_id,
+                job.host_id
+            );
+        }
+        let job = follow_job(&mut c, job, json).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
+        } else {
+            print!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
+            if let Some(o) = &job.restore {
+                print!(
+                    "{}",
+                    restore_cli::restore_summary(&job.source_host_id, &job.host_id, o)
+                );
+            }
+        }
+        if job.state != pb::JobState::Succeeded as i32 {
+            anyhow::bail!(
+                "{} job {} did not succeed: {}",
+                if drill { "restore test" } else { "restore" },
+                job.job_id,
+                job.error
+            );
+        }
+        Ok(())
+    })
+}
+
 async fn follow_job(
     c: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
     mut job: pb::Job,
@@ -967,17 +1134,36 @@ async fn follow_job(
     if let Some(j) = listed.into_iter().find(|j| j.job_id == job.job_id) {
         job = j;
     }
+    // On a terminal: a progress bar from the agent's reports, state changes above it.
+    let bar = restore_cli::terminal_progress(json);
     while !job_done(&job) {
         match stream.message().await.map_err(status_error)? {
             Some(j) if j.job_id == job.job_id => {
                 if !json && j.state != job.state {
-                    eprintln!("{}", job_row(&j).join("  "));
+                    let line = job_row(&j).join("  ");
+                    match &bar {
+                        Some(b) => b.println(&line),
+                        None => eprintln!("{line}"),
+                    }
+                }
+                if let (Some(b), Some(p)) = (&bar, &j.progress) {
+                    b.show(
+                        &p.phase,
+                        p.files_done,
+                        p.bytes_done,
+                        p.files_total,
+                        p.bytes_total,
+                    );
                 }
                 job = j;
             }
             Some(_) => {}
             None => anyhow::bail!("the coordinator ended the watch"),
         }
+    }
+    if let Some(b) = bar {
+        use flotilla_client::engine::progress::Progress as _;
+        b.finish();
     }
     Ok(job)
 }
@@ -1106,53 +1292,6 @@ fn set_json(s: &pb::BackupSet) -> serde_json::Value {
         "volumes": s.volumes, "bytes": s.bytes, "files": s.files})
 }
 
-/// What a restore did and how its check went, for people.
-fn restore_summary(job: &pb::Job, o: &pb::RestoreOutcome) -> String {
-    let secs = o.restore_ms as f64 / 1000.0;
-    let mut out = format!(
-        "Restored {} path(s), {} bytes of {} (backup {}) into {} on {} in {:.1} s ({:.1} MB/s).\n",
-        o.files,
-        o.bytes,
-        job.source_host_id,
-        flotilla_common::archive::format_time(o.backup_time),
-        o.target,
-        job.host_id,
-        secs,
-        o.bytes as f64 / 1_048_576.0 / secs.max(0.001)
-    );
-    for p in &o.not_restored {
-        out.push_str(&format!("not restored: {p}\n"));
-    }
-    for d in &o.differences {
-        out.push_str(&format!("differs: {d}\n"));
-    }
-    out.push_str(&if o.verified {
-        format!(
-            "Verified: {} path(s) match the backup's signatures ({} bytes hashed in {:.1} s).\n",
-            o.paths_checked,
-            o.bytes_hashed,
-            o.verify_ms as f64 / 1000.0
-        )
-    } else {
-        format!(
-            "NOT verified: {} difference(s) from the backup's signatures.\n",
-            o.mismatches
-        )
-    });
-    out
-}
-
-fn restore_json(o: &pb::RestoreOutcome) -> serde_json::Value {
-    serde_json::json!({
-        "backup_time": o.backup_time, "files": o.files, "bytes": o.bytes,
-        "verified": o.verified, "paths_checked": o.paths_checked,
-        "bytes_hashed": o.bytes_hashed, "mismatches": o.mismatches,
-        "differences": o.differences, "not_restored": o.not_restored,
-        "not_restored_count": o.not_restored_count, "target": o.target,
-        "restore_ms": o.restore_ms, "verify_ms": o.verify_ms,
-    })
-}
-
 fn job_json(j: &pb::Job) -> serde_json::Value {
     serde_json::json!({
         "job_id": j.job_id, "host_id": j.host_id, "kind": kind_text(j.kind),
@@ -1164,7 +1303,7 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
             "files_done": p.files_done, "bytes_done": p.bytes_done,
             "files_total": p.files_total, "bytes_total": p.bytes_total})),
         "source_host_id": j.source_host_id, "drill": j.drill,
-        "restore": j.restore.as_ref().map(restore_json),
+        "restore": j.restore.as_ref().map(restore_cli::restore_json),
     })
 }
 
