@@ -692,7 +692,8 @@ impl Catalog {
                 decode("restores", &k, &v)
             })
             .collect::<Result<_, _>>()?;
-        out.sort_by_key(|e| std::cmp::Reverse(e.finished_at));
+        // Newest first; job ids grow with creation time, which orders equal seconds.
+        out.sort_by(|a, b| (b.finished_at, &b.job_id).cmp(&(a.finished_at, &a.job_id)));
         if limit > 0 {
             out.truncate(limit);
         }

@@ -92,10 +92,17 @@ impl LocalBackups {
             .map_err(crate::status_error)
         })?;
         let access = access.into_inner();
-        let credential = ScopedCredential::from_json(&access.credential_json)
-            .context("the coordinator's read-only credential")?;
+        // A file:// destination needs no credential: the coordinator sends none.
+        let credentials = if access.credential_json.is_empty() {
+            Credentials::FromEnvironment
+        } else {
+            Credentials::Scoped(
+                ScopedCredential::from_json(&access.credential_json)
+                    .context("the coordinator's read-only credential")?,
+            )
+        };
         let options = OpenOptions {
-            credentials: Credentials::Scoped(credential),
+            credentials,
             retry: RetryPolicy::default(),
         };
         let store = open_blocking_with(&access.destination, &options, rt.handle().clone())

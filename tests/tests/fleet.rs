@@ -636,64 +636,336 @@ fn adopted_chain_without_the_passphrase_starts_a_new_full_chain_and_says_why() {
     assert_trees_equal(&src, &restored);
 }
 
-/// A restore from the coordinator onto another host: host A's tree at two points in
-/// time, and a single file, restored by host B's agent into a directory there.
-#[test]
-fn restore_onto_another_host_through_the_coordinator() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let src = root.join("src");
-    small_tree(&src, 21);
-    let (c, _) = file_fleet(root, "");
-    let pass = [("FLOTILLA_PASSPHRASE", PASSPHRASE)];
-    let mut a = Agent::enroll(&c, root, "src-a", "role=app", &pass);
-    let mut b = Agent::enroll(&c, root, "dst-b", "role=app", &pass);
-    a.start();
-    b.start();
-    let first = backup_now(&c, &a.host_id, &[]);
-    assert_eq!(job_state(&first), "succeeded", "{first}");
-    let t1 = first["set"]["end_time"].as_i64().unwrap();
-    let snap1 = root.join("snap1");
-    flotilla_tests::agent::copy_tree(&src, &snap1);
-    std::thread::sleep(Duration::from_millis(1100));
-    std::fs::write(src.join("etc/hosts"), b"changed after the full\n").unwrap();
-    std::fs::write(src.join("etc/new.conf"), b"new\n").unwrap();
-    let second = backup_now(&c, &a.host_id, &[]);
-    assert_eq!(second["set"]["kind"], "incremental", "{second}");
+/// Host A and host B on one coordinator, both agents running; A has a full backup of
+/// `src` (snapshot in `snaps[0]`) and then `incrementals` more, each after a change
+/// (snapshots in `snaps[1..]`). Returns the set end times, oldest first.
+struct RestoreFleet {
+    c: Coordinator,
+    a: Agent,
+    b: Agent,
+    root: std::path::PathBuf,
+    times: Vec<i64>,
+    snaps: Vec<std::path::PathBuf>,
+}
 
-    let restore = |target: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "restore".to_string(),
-            a.host_id.clone(),
-            "--to".into(),
-            b.host_id.clone(),
-            "--target".into(),
-            target.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+impl RestoreFleet {
+    fn new(root: &Path, incrementals: usize) -> RestoreFleet {
+        let src = root.join("src");
+        small_tree(&src, 21);
+        std::os::unix::fs::symlink("etc/hosts", src.join("hosts-link")).unwrap();
+        let (c, _) = file_fleet(root, "");
+        let pass = [("FLOTILLA_PASSPHRASE", PASSPHRASE)];
+        let mut a = Agent::enroll(&c, root, "src-a", "role=app", &pass);
+        let mut b = Agent::enroll(&c, root, "dst-b", "role=app", &pass);
+        a.start();
+        b.start();
+        let mut times = Vec::new();
+        let mut snaps = Vec::new();
+        for i in 0..=incrementals {
+            if i > 0 {
+                // whole-second mtimes: a change must land in a later second
+                std::thread::sleep(Duration::from_millis(1100));
+                std::fs::write(src.join("etc/hosts"), format!("changed {i}\n")).unwrap();
+                std::fs::write(src.join(format!("etc/new{i}.conf")), format!("new {i}\n")).unwrap();
+                std::fs::set_permissions(
+                    src.join("etc/app.conf"),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600 + i as u32 * 0o40),
+                )
+                .unwrap();
+                if i == 2 {
+                    std::fs::remove_dir_all(src.join("var")).unwrap();
+                }
+            }
+            let job = backup_now(&c, &a.host_id, &[]);
+            assert_eq!(job_state(&job), "succeeded", "{job}");
+            let kind = if i == 0 { "full" } else { "incremental" };
+            assert_eq!(job["set"]["kind"], kind, "{job}");
+            times.push(job["set"]["end_time"].as_i64().unwrap());
+            let snap = root.join(format!("snap{i}"));
+            flotilla_tests::agent::copy_tree(&src, &snap);
+            snaps.push(snap);
+        }
+        RestoreFleet {
+            c,
+            a,
+            b,
+            root: root.to_path_buf(),
+            times,
+            snaps,
+        }
+    }
+
+    /// `flotilla ARGS` with the backups' passphrase (or `pass`) in the environment.
+    fn admin(&self, args: &[String], pass: &str) -> flotilla_tests::bins::CmdOutput {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        c.admin()
+        self.c
+            .admin()
             .args(&refs)
-            .env("FLOTILLA_PASSPHRASE", PASSPHRASE)
+            .env("FLOTILLA_PASSPHRASE", pass)
             .run()
+    }
+
+    /// Restores A's backup onto B into `target` (`extra`: --time, --path, ...).
+    fn restore_on_b(&self, target: &Path, extra: &[&str]) -> flotilla_tests::bins::CmdOutput {
+        self.restore_on_b_with(target, extra, PASSPHRASE)
+    }
+
+    fn restore_on_b_with(
+        &self,
+        target: &Path,
+        extra: &[&str],
+        pass: &str,
+    ) -> flotilla_tests::bins::CmdOutput {
+        let mut args: Vec<String> = ["restore", &self.a.host_id, "--to", &self.b.host_id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--target".into(), target.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.admin(&args, pass)
+    }
+
+    fn evidence(&self) -> Vec<serde_json::Value> {
+        let args: Vec<String> = ["restores", &self.a.host_id, "--limit", "0", "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let out = self.admin(&args, "");
+        out.assert_success();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// Host A backs up (full + two incrementals); its tree at each of the three times is
+/// restored onto host B through the coordinator and equals A's tree at that time (bytes
+/// and metadata); a single file and a subtree at an earlier time; `ls` at a time;
+/// `restore --local`; a restore test on B that cleans up; evidence for each.
+#[test]
+fn restores_through_the_coordinator_at_every_point_in_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = RestoreFleet::new(tmp.path(), 2);
+    for (i, (t, snap)) in f.times.iter().zip(&f.snaps).enumerate() {
+        let target = f.root.join(format!("restore-{i}"));
+        let out = f.restore_on_b(&target, &["--time", &t.to_string()]);
+        out.assert_success();
+        assert!(
+            out.stdout_str().contains("Verified:"),
+            "{}",
+            out.stdout_str()
+        );
+        assert_trees_equal(snap, &target);
+    }
+    // One file and one subtree as of the full backup.
+    let one = f.root.join("restore-one");
+    f.restore_on_b(
+        &one,
+        &["--time", &f.times[0].to_string(), "--path", "etc/hosts"],
+    )
+    .assert_success();
+    let restored = if one.is_dir() {
+        one.join("hosts")
+    } else {
+        one.clone()
     };
-    let at_t1 = root.join("restore-t1");
-    restore(&at_t1, &["--time", &t1.to_string()]).assert_success();
-    assert_trees_equal(&snap1, &at_t1);
-    let latest = root.join("restore-latest");
-    restore(&latest, &[]).assert_success();
-    assert_trees_equal(&src, &latest);
-    let one = root.join("restore-one");
-    restore(&one, &["--time", &t1.to_string(), "--path", "etc/hosts"]).assert_success();
     assert_eq!(
-        std::fs::read(one.join("hosts"))
-            .or_else(|_| std::fs::read(&one))
-            .unwrap(),
-        std::fs::read(snap1.join("etc/hosts")).unwrap()
+        std::fs::read(&restored).unwrap(),
+        std::fs::read(f.snaps[0].join("etc/hosts")).unwrap()
     );
-    // A non-empty target is refused and left as it was.
-    let out = restore(&latest, &[]);
-    assert!(!out.status.success());
-    assert!(out.stderr_str().contains("empty"), "{}", out.stderr_str());
-    assert_trees_equal(&src, &latest);
+    let sub = f.root.join("restore-sub");
+    f.restore_on_b(&sub, &["--time", &f.times[0].to_string(), "--path", "var"])
+        .assert_success();
+    assert_trees_equal(&f.snaps[0].join("var"), &sub);
+
+    // ls at the full backup's time: var is there (deleted later), with sizes.
+    let ls = |extra: &[&str]| {
+        let mut args: Vec<String> = vec!["ls".into(), f.a.host_id.clone(), "--json".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = f.admin(&args, PASSPHRASE);
+        out.assert_success();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let listed = ls(&["--time", &f.times[0].to_string(), "var"]);
+    let paths: Vec<&str> = listed["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["var", "var/data.bin", "var/empty"], "{listed}");
+    let data = &listed["paths"][1];
+    let (lo, hi) = (
+        data["size_min"].as_u64().unwrap(),
+        data["size_max"].as_u64().unwrap(),
+    );
+    assert!(lo <= 300_000 && 300_000 <= hi, "{data}");
+    assert_eq!(data["mode"], "0644", "{data}");
+    let latest = ls(&[]);
+    assert!(
+        !latest.to_string().contains("var/data.bin"),
+        "var was deleted before the last backup: {latest}"
+    );
+    let table = f.admin(
+        &["ls".into(), f.a.host_id.clone(), "etc".into()],
+        PASSPHRASE,
+    );
+    table.assert_success();
+    assert!(
+        table.stdout_str().contains("-rw-r--r--") && table.stdout_str().contains("etc/hosts"),
+        "{}",
+        table.stdout_str()
+    );
+
+    // On the operator's machine, with a read-only credential.
+    let local = f.root.join("restore-local");
+    let out = f.admin(
+        &[
+            "restore".into(),
+            f.a.host_id.clone(),
+            "--time".into(),
+            f.times[1].to_string(),
+            "--local".into(),
+            local.display().to_string(),
+        ],
+        PASSPHRASE,
+    );
+    out.assert_success();
+    assert_trees_equal(&f.snaps[1], &local);
+
+    // A restore test on B: verified, recorded, nothing left behind.
+    let out = f.admin(
+        &[
+            "restore-test".into(),
+            f.a.host_id.clone(),
+            "--to".into(),
+            f.b.host_id.clone(),
+            "--json".into(),
+        ],
+        PASSPHRASE,
+    );
+    out.assert_success();
+    let drill: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(drill["drill"], true, "{drill}");
+    assert_eq!(drill["restore"]["verified"], true, "{drill}");
+    let left: Vec<_> = std::fs::read_dir(&f.b.state_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("restore-test"))
+        .collect();
+    assert!(left.is_empty(), "the drill left {left:?}");
+
+    let evidence = f.evidence();
+    // 3 point-in-time restores, one file, one subtree, the drill (local restores run
+    // no job)
+    assert_eq!(evidence.len(), 6, "{evidence:?}");
+    assert_eq!(evidence[0]["drill"], true, "newest first: {evidence:?}");
+    for e in &evidence {
+        assert_eq!(e["state"], "succeeded", "{e}");
+        assert_eq!(e["restore"]["verified"], true, "{e}");
+        assert_eq!(e["target_host_id"], f.b.host_id.as_str(), "{e}");
+    }
+    let table = f.admin(&["restores".into()], "");
+    table.assert_success();
+    assert!(
+        table.stdout_str().contains("drill"),
+        "{}",
+        table.stdout_str()
+    );
+}
+
+/// Each failure gives a clear error and leaves the target as it was: a wrong key, a
+/// non-empty target, a target host that stays offline (and one that comes back), a
+/// missing volume, a tampered volume.
+#[test]
+fn failed_restores_say_why_and_leave_the_target_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = RestoreFleet::new(tmp.path(), 1);
+    let absent = f.root.join("never");
+    let unchanged = |out: &flotilla_tests::bins::CmdOutput, words: &[&str]| {
+        assert!(!out.status.success(), "accepted: {out}");
+        let text = out.combined().to_lowercase();
+        assert!(
+            words.iter().any(|w| text.contains(w)),
+            "the error mentions none of {words:?}: {out}"
+        );
+        assert!(!absent.exists(), "{} was created: {out}", absent.display());
+    };
+
+    let out = f.restore_on_b_with(&absent, &[], "not the passphrase");
+    unchanged(&out, &["passphrase", "decrypt"]);
+
+    let full = f.root.join("full");
+    flotilla_tests::agent::copy_tree(&f.snaps[0], &full);
+    let before = flotilla_tests::TreeSnapshot::capture(&full).unwrap();
+    let out = f.restore_on_b(&full, &[]);
+    unchanged(&out, &["not empty", "empty"]);
+    flotilla_tests::tree::assert_snapshots_equal(
+        &before,
+        &flotilla_tests::TreeSnapshot::capture(&full).unwrap(),
+        &Default::default(),
+        "a refused restore changed the target",
+    );
+
+    // B offline: the restore waits, then gives up with a clear message.
+    f.b.kill();
+    let out = f.restore_on_b(&absent, &["--start-within", "3s"]);
+    unchanged(&out, &["not started"]);
+    assert!(out.combined().contains(&f.b.host_id), "{out}");
+    // ... or runs once B is back.
+    let late = f.root.join("late");
+    let cmd = {
+        let mut args: Vec<String> = ["restore", &f.a.host_id, "--to", &f.b.host_id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--target".into(), late.display().to_string()]);
+        let refs: Vec<String> = args;
+        let c = f.c.admin().env("FLOTILLA_PASSPHRASE", PASSPHRASE);
+        let refs2: Vec<&str> = refs.iter().map(String::as_str).collect();
+        c.args(&refs2)
+    };
+    let waiting = std::thread::spawn(move || cmd.run());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!late.exists());
+    f.b.start();
+    let out = waiting.join().unwrap();
+    out.assert_success();
+    assert_trees_equal(&f.snaps[1], &late);
+
+    // Storage damage: the newest set's first volume tampered with, then missing.
+    let container = f.root.join(format!("store/flotilla-{}", f.a.host_id));
+    let vol = std::fs::read_dir(&container)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("duplicity-inc.") && n.contains(".vol1."))
+        .max()
+        .unwrap_or_else(|| panic!("no incremental volume in {}", container.display()));
+    let path = container.join(&vol);
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    std::fs::write(&path, &bad).unwrap();
+    let out = f.restore_on_b(&absent, &[]);
+    unchanged(&out, &[&vol.to_lowercase()]);
+    std::fs::remove_file(&path).unwrap();
+    let out = f.restore_on_b(&absent, &[]);
+    unchanged(&out, &["missing"]);
+    assert!(out.combined().contains("volume 1"), "{out}");
+    // The earlier time does not need that volume.
+    let ok = f.root.join("before-damage");
+    f.restore_on_b(&ok, &["--time", &f.times[0].to_string()])
+        .assert_success();
+    assert_trees_equal(&f.snaps[0], &ok);
+
+    let evidence = f.evidence();
+    let failed = evidence.iter().filter(|e| e["state"] == "failed").count();
+    assert!(
+        failed >= 3,
+        "failed restores are evidence too: {evidence:?}"
+    );
 }

@@ -149,18 +149,26 @@ impl Iterator for Walker {
                 }
             };
             let meta = meta_of(&root, &md, &mut self.owners)?;
-            let names = self.read_names(&root);
-            self.stack.push(DirFrame {
-                index: Index::root(),
-                path: root.clone(),
-                names,
-                pos: 0,
-            });
+            // A root that is not a directory (a restored single file) is the only entry.
+            if meta.kind == FileKind::Directory {
+                let names = self.read_names(&root);
+                self.stack.push(DirFrame {
+                    index: Index::root(),
+                    path: root.clone(),
+                    names,
+                    pos: 0,
+                });
+            }
+            let size = if meta.kind == FileKind::Regular {
+                md.len()
+            } else {
+                0
+            };
             return Some(SourceEntry {
                 index: Index::root(),
                 path: root,
                 meta,
-                size: 0,
+                size,
             });
         }
         loop {
