@@ -807,11 +807,13 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(dir) = local {
                 return restore_cli::restore_local(
                     admin_client(&connect),
-                    &host,
-                    time,
-                    &paths,
-                    &dir,
-                    force,
+                    &restore_cli::LocalRestore {
+                        host: &host,
+                        time,
+                        paths: &paths,
+                        dir: &dir,
+                        force,
+                    },
                     &key,
                     json,
                 );

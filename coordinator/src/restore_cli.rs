@@ -249,19 +249,32 @@ fn ls_row(p: &engine::inspect::ListedPath) -> Vec<String> {
     vec![mode, owner, size, crate::time_text(p.mtime), path]
 }
 
+/// What `flotilla restore --local` restores, and where.
+pub struct LocalRestore<'a> {
+    pub host: &'a str,
+    /// Unix seconds; 0 for the latest backup.
+    pub time: i64,
+    pub paths: &'a [String],
+    pub dir: &'a Path,
+    pub force: bool,
+}
+
 /// `flotilla restore HOST --local DIR`: restores on this machine, checks the tree
 /// against the backup's signatures, and says what it did. Exit 1 (an error) when a
 /// path could not be restored or differs.
 pub fn restore_local(
     admin: impl std::future::Future<Output = Result<crate::AdminClient>>,
-    host: &str,
-    time: i64,
-    paths: &[String],
-    dir: &Path,
-    force: bool,
+    req: &LocalRestore<'_>,
     key: &RestoreKey,
     json: bool,
 ) -> Result<()> {
+    let LocalRestore {
+        host,
+        time,
+        paths,
+        dir,
+        force,
+    } = *req;
     let keys = key.decryption_keys()?;
     let target = std::path::absolute(dir).with_context(|| format!("--local {}", dir.display()))?;
     let progress = terminal_progress(json);
