@@ -360,6 +360,9 @@ enum Event {
 
 struct JobProgress {
     job_id: String,
+    /// Set when the coordinator asks to cancel the job; the engine stops at its next
+    /// file.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
     phase: Mutex<String>,
     files: std::sync::atomic::AtomicU64,
     bytes: std::sync::atomic::AtomicU64,
@@ -391,9 +394,14 @@ impl JobProgress {
 }
 
 impl JobProgress {
-    fn shared(job_id: &str, events: &mpsc::UnboundedSender<Event>) -> Arc<JobProgress> {
+    fn shared(
+        job_id: &str,
+        events: &mpsc::UnboundedSender<Event>,
+        cancel: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Arc<JobProgress> {
         Arc::new(JobProgress {
             job_id: job_id.to_string(),
+            cancel,
             phase: Mutex::new(String::new()),
             files: Default::default(),
             bytes: Default::default(),
@@ -424,13 +432,53 @@ impl Progress for JobProgress {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.maybe_send();
     }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The job the worker runs now, shared with the session, which reports it in Hello and
+/// relays the coordinator's cancellation to it.
+#[derive(Default)]
+struct RunningJob(Mutex<Option<(String, Arc<std::sync::atomic::AtomicBool>)>>);
+
+impl RunningJob {
+    /// Marks `job_id` as running; returns its cancellation flag.
+    fn begin(&self, job_id: &str) -> Arc<std::sync::atomic::AtomicBool> {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        *self.0.lock().expect("running") = Some((job_id.to_string(), flag.clone()));
+        flag
+    }
+
+    fn end(&self) {
+        *self.0.lock().expect("running") = None;
+    }
+
+    fn id(&self) -> Option<String> {
+        self.0
+            .lock()
+            .expect("running")
+            .as_ref()
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Asks the running job to stop, if it is `job_id`.
+    fn cancel(&self, job_id: &str) -> bool {
+        match &*self.0.lock().expect("running") {
+            Some((id, flag)) if id == job_id => {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 struct Worker {
     paths: Arc<Paths>,
     passphrase: Option<Passphrase>,
     events: mpsc::UnboundedSender<Event>,
-    running: Arc<Mutex<Option<String>>>,
+    running: Arc<RunningJob>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -572,7 +620,7 @@ pub fn restore_paths(
 impl Worker {
     fn run_job(&self, a: pb::JobAssignment) {
         let started_at = now();
-        *self.running.lock().expect("running") = Some(a.job_id.clone());
+        let cancel = self.running.begin(&a.job_id);
         let policy = self.paths.load_policy().and_then(|p| p.policy);
         let kind = pb::JobKind::try_from(a.kind).unwrap_or(pb::JobKind::Unspecified);
         let scheduled_for = match &a.spec {
@@ -591,16 +639,34 @@ impl Worker {
         };
         let outcome = match (&policy, kind) {
             // A restore needs no policy of this host (it may restore another host's data).
-            (_, pb::JobKind::Restore) => self.restore(&a, &mut result),
+            (_, pb::JobKind::Restore) => self.restore(&a, &mut result, &cancel),
             (None, _) => {
                 Err("this agent has no policy (none pushed, or none selects this host)".into())
             }
-            (Some(policy), _) => self.execute(&a, policy, kind, &mut result),
+            (Some(policy), _) => self.execute(&a, policy, kind, &mut result, &cancel),
         };
-        if let Err(e) = outcome {
-            tracing::error!("job {}: {e}", a.job_id);
-            result.state = pb::JobState::Failed as i32;
-            result.error = e;
+        match outcome {
+            Err(e) if cancel.load(std::sync::atomic::Ordering::Relaxed) => {
+                tracing::warn!("job {} cancelled: {e}", a.job_id);
+                result.state = pb::JobState::Cancelled as i32;
+                result.error = format!(
+                    "cancelled on request ({e}); {}",
+                    match kind {
+                        pb::JobKind::Restore =>
+                            "a target the restore created was removed, files already \
+                             restored into an existing target stay",
+                        pb::JobKind::Backup =>
+                            "the incomplete set has no manifest and is not counted",
+                        _ => "nothing was counted",
+                    }
+                );
+            }
+            Err(e) => {
+                tracing::error!("job {}: {e}", a.job_id);
+                result.state = pb::JobState::Failed as i32;
+                result.error = e;
+            }
+            Ok(()) => tracing::info!("job {} succeeded: {}", a.job_id, result.note),
         }
         result.finished_at = now();
         if kind == pb::JobKind::Backup && result.state == pb::JobState::Succeeded as i32 {
@@ -613,7 +679,7 @@ impl Worker {
         if let Err(e) = self.paths.outbox_put(&result) {
             tracing::error!("cannot keep the result of job {}: {e}", a.job_id);
         }
-        *self.running.lock().expect("running") = None;
+        self.running.end();
         let _ = self.events.send(Event::Result(Box::new(result)));
     }
 
@@ -623,12 +689,13 @@ impl Worker {
         policy: &pb::AgentPolicy,
         kind: pb::JobKind,
         result: &mut pb::JobResult,
+        cancel: &Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), String> {
         let store = self.open_store(a)?;
         let ctx = Context {
             store,
             state_dir: self.paths.state_dir.clone(),
-            progress: JobProgress::shared(&a.job_id, &self.events),
+            progress: JobProgress::shared(&a.job_id, &self.events, cancel.clone()),
         };
         let keys = DecryptionKeys {
             passphrases: self.passphrase.iter().cloned().collect(),
@@ -716,7 +783,12 @@ impl Worker {
 
     /// A restore job: the key arrives in the assignment, lives in memory for this job
     /// only, and is dropped with it.
-    fn restore(&self, a: &pb::JobAssignment, result: &mut pb::JobResult) -> Result<(), String> {
+    fn restore(
+        &self,
+        a: &pb::JobAssignment,
+        result: &mut pb::JobResult,
+        cancel: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(), String> {
         let Some(pb::job_assignment::Spec::Restore(spec)) = &a.spec else {
             return Err("restore job without a restore spec".into());
         };
@@ -728,7 +800,7 @@ impl Worker {
         let ctx = Context {
             store,
             state_dir: self.paths.state_dir.clone(),
-            progress: JobProgress::shared(&a.job_id, &self.events),
+            progress: JobProgress::shared(&a.job_id, &self.events, cancel.clone()),
         };
         // A drill restores into a directory of its own, removed when the job ends.
         let drill_dir = if spec.drill {
@@ -941,7 +1013,7 @@ pub async fn run(
     let paths = Arc::new(Paths { state_dir });
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<pb::JobAssignment>();
-    let running = Arc::new(Mutex::new(None));
+    let running = Arc::new(RunningJob::default());
     let queued = Arc::new(Mutex::new(Vec::<String>::new()));
     let worker = {
         let w = Worker {
@@ -1069,7 +1141,7 @@ async fn session(
     ident: &AgentIdentity,
     paths: &Paths,
     jobs: &std::sync::mpsc::Sender<pb::JobAssignment>,
-    running: &Mutex<Option<String>>,
+    running: &RunningJob,
     queued: &Mutex<Vec<String>>,
     events: &mut mpsc::UnboundedReceiver<Event>,
     shutdown: &mut watch::Receiver<bool>,
@@ -1093,7 +1165,7 @@ async fn session(
         let _ = tx.send(send(Out::Result(r))).await;
     }
     let state = paths.load_state();
-    let mut running_jobs: Vec<String> = running.lock().expect("running").iter().cloned().collect();
+    let mut running_jobs: Vec<String> = running.id().into_iter().collect();
     running_jobs.extend(queued.lock().expect("queued").iter().cloned());
     running_jobs.retain(|j| !j.is_empty());
     let hello = pb::Hello {
@@ -1147,7 +1219,11 @@ async fn session(
                         }
                     }
                     Some(In::Cancel(c)) => {
-                        tracing::warn!("cancelling job {} is not supported yet; it runs to the end", c.job_id);
+                        if running.cancel(&c.job_id) {
+                            tracing::info!("job {}: cancel requested; stopping at the next file", c.job_id);
+                        } else {
+                            tracing::info!("job {}: cancel requested, but it is not running here", c.job_id);
+                        }
                     }
                     Some(In::ResultAck(ack)) => paths.outbox_ack(&ack.result_id),
                     None => {}

@@ -64,6 +64,11 @@ impl TerminalProgress {
         self.files_message(files, files_total);
     }
 
+    /// Runs `f` with the bar hidden (a prompt).
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
+
     /// Prints a line above the bar.
     pub fn println(&self, msg: &str) {
         self.bar.println(msg);
@@ -139,4 +144,20 @@ pub fn prompt_secret(prompt: &str) -> std::io::Result<Option<String>> {
     unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
     read?;
     Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// Asks a yes/no question on the controlling terminal; `None` without one.
+pub fn ask_yes_no(question: &str) -> Option<bool> {
+    use std::io::{BufRead, Write};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .ok()?;
+    (&tty)
+        .write_all(format!("{question} [y/N] ").as_bytes())
+        .ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(&tty).read_line(&mut line).ok()?;
+    Some(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
 }

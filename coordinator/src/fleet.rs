@@ -667,6 +667,57 @@ impl Fleet {
         }
     }
 
+    /// Cancels a job at an admin's request: a queued one at once (a restore's key is
+    /// dropped); a running one by asking its agent, which stops at the next file and
+    /// reports it cancelled (a backup's incomplete set has no manifest and is not
+    /// counted). Returns the job as it stands.
+    pub async fn cancel_job(&self, job_id: &str, by: &str) -> Result<pb::Job, FleetError> {
+        let job = {
+            let _t = self.transitions.lock().expect("transitions lock");
+            let mut job = self
+                .catalog
+                .job(job_id)?
+                .ok_or_else(|| FleetError::Invalid(format!("no job {job_id}")))?;
+            match job.state {
+                JobState::Queued => {
+                    job.state = JobState::Cancelled;
+                    job.finished_at = now();
+                    job.error = format!("cancelled by {by} before it started; nothing was written");
+                    self.restore_keys
+                        .lock()
+                        .expect("keys lock")
+                        .remove(&job.job_id);
+                    self.save_job(&job)?;
+                    self.record_restore_evidence(&job);
+                    return Ok(job_pb(&job));
+                }
+                JobState::Running => job,
+                done => {
+                    return Err(FleetError::Invalid(format!(
+                        "job {job_id} has already ended ({done:?})"
+                    )));
+                }
+            }
+        };
+        let asked = self
+            .send(
+                &job.host_id,
+                Out::Cancel(pb::CancelJob {
+                    job_id: job.job_id.clone(),
+                }),
+            )
+            .await;
+        if !asked {
+            return Err(FleetError::Invalid(format!(
+                "{} is not connected: its running job {job_id} cannot be asked to stop now \
+                 (it is marked failed if the agent comes back without it)",
+                job.host_id
+            )));
+        }
+        tracing::info!("job {job_id} on {}: cancel requested by {by}", job.host_id);
+        Ok(job_pb(&job))
+    }
+
     /// Keeps a finished restore job as evidence.
     fn record_restore_evidence(&self, job: &JobRecord) {
         let Some(params) = &job.restore else { return };

@@ -316,6 +316,15 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Cancel a job: a queued one at once, a running one by asking its agent to stop at
+    /// the next file (a backup's incomplete set is not counted). Prints the job.
+    Cancel {
+        job_id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Hosts: remove, adopt existing duplicity backups.
     #[command(subcommand)]
     Host(HostCommand),
@@ -899,6 +908,28 @@ fn run(cli: Cli) -> Result<()> {
                 json,
             )
         }
+        Command::Cancel {
+            job_id,
+            json,
+            connect,
+        } => {
+            let job = block(async {
+                let mut c = admin_client(&connect).await?;
+                c.cancel_job(pb::CancelJobRequest { job_id })
+                    .await
+                    .map_err(status_error)
+            })?
+            .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
+            } else {
+                print!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
+                if !job_done(&job) {
+                    eprintln!("Cancel requested; the agent stops the job at the next file.");
+                }
+            }
+            Ok(())
+        }
         Command::Host(HostCommand::Remove {
             host,
             delete_backups,
@@ -1138,8 +1169,51 @@ async fn follow_job(
     }
     // On a terminal: a progress bar from the agent's reports, state changes above it.
     let bar = restore_cli::terminal_progress(json);
+    let mut cancel_asked = false;
     while !job_done(&job) {
-        match stream.message().await.map_err(status_error)? {
+        let message = tokio::select! {
+            m = stream.message() => m.map_err(status_error)?,
+            _ = tokio::signal::ctrl_c() => {
+                // Ctrl-C: on a terminal, ask; from a script, cancel. A second Ctrl-C
+                // stops following.
+                if cancel_asked {
+                    anyhow::bail!("stopped following job {}; it may still be stopping", job.job_id);
+                }
+                let question = format!("Cancel job {} on {}?", job.job_id, job.host_id);
+                let ask = || {
+                    use std::io::IsTerminal as _;
+                    std::io::stdin()
+                        .is_terminal()
+                        .then(|| flotilla_client::terminal::ask_yes_no(&question))
+                        .flatten()
+                };
+                let answer = match &bar {
+                    Some(b) => b.suspend(ask),
+                    None => ask(),
+                };
+                if answer == Some(false) {
+                    anyhow::bail!(
+                        "stopped following job {} on {}; it goes on (`flotilla jobs --host {} --watch`)",
+                        job.job_id, job.host_id, job.host_id
+                    );
+                }
+                let now = c
+                    .cancel_job(pb::CancelJobRequest { job_id: job.job_id.clone() })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                cancel_asked = true;
+                if !json {
+                    let line = format!("Cancel requested; waiting for {} to stop the job.", job.host_id);
+                    match &bar {
+                        Some(b) => b.println(&line),
+                        None => eprintln!("{line}"),
+                    }
+                }
+                Some(now)
+            }
+        };
+        match message {
             Some(j) if j.job_id == job.job_id => {
                 if !json && j.state != job.state {
                     let line = job_row(&j).join("  ");

@@ -602,6 +602,26 @@ impl AdminService for AdminSvc {
         }
     }
 
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let admin = self.0.require_admin(&req, "cancel job")?;
+        let r = req.into_inner();
+        let actor = format!("admin:{admin}");
+        let what = format!("cancel job {}", r.job_id);
+        match self.0.fleet.cancel_job(&r.job_id, &actor).await {
+            Ok(job) => {
+                self.0.audit(&actor, &what, state_word(job.state));
+                Ok(Response::new(job))
+            }
+            Err(e) => {
+                self.0.audit(&actor, &what, &format!("refused: {e}"));
+                Err(e.into())
+            }
+        }
+    }
+
     async fn list_restores(
         &self,
         req: Request<pb::ListRestoresRequest>,
@@ -731,4 +751,12 @@ pub async fn serve(
     let _ = scheduler.await;
     shared.catalog.flush()?;
     Ok(())
+}
+
+fn state_word(state: i32) -> &'static str {
+    if state == pb::JobState::Cancelled as i32 {
+        "cancelled"
+    } else {
+        "cancel requested from the agent"
+    }
 }

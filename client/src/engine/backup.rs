@@ -744,6 +744,9 @@ fn walk_and_store(
             }
         }
         ctx.progress.file();
+        if ctx.progress.cancelled() {
+            return Err(EngineError::Interrupted);
+        }
     }
 }
 

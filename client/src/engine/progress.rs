@@ -22,6 +22,12 @@ pub trait Progress: Send + Sync {
     /// Something the user should see now (a decision, a warning).
     fn note(&self, _msg: &str) {}
     fn finish(&self) {}
+    /// Whether the operation should stop: checked between files, it then ends with
+    /// [`EngineError::Interrupted`](super::error::EngineError::Interrupted) (a backup
+    /// leaves no manifest, so its set is never counted).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Ignores everything.

@@ -527,6 +527,9 @@ pub fn reconstruct(
                         }
                         stats.files += 1;
                         ctx.progress.file();
+                        if ctx.progress.cancelled() {
+                            return Err(EngineError::Interrupted);
+                        }
                     }
                 }
             }

@@ -332,6 +332,9 @@ pub fn check_restored(
                     check.bytes_hashed += n;
                     ctx.progress.bytes(n);
                     ctx.progress.file();
+                    if ctx.progress.cancelled() {
+                        return Err(EngineError::Interrupted);
+                    }
                     if sig != *stored {
                         whats.push("data differs from the backup's signature".into());
                     }
