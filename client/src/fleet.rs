@@ -691,7 +691,11 @@ impl Worker {
         result: &mut pb::JobResult,
         cancel: &Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), String> {
-        let store = self.open_store(a)?;
+        let mut store = self.open_store(a)?;
+        // The policy's limit is for the host's routine work; restores run at full speed.
+        if policy.bandwidth_limit_bytes_per_sec > 0 {
+            store.set_bandwidth_limit(policy.bandwidth_limit_bytes_per_sec);
+        }
         let ctx = Context {
             store,
             state_dir: self.paths.state_dir.clone(),
@@ -712,9 +716,6 @@ impl Worker {
                     keys,
                     &self.paths.state_dir,
                 )?;
-                if policy.bandwidth_limit_bytes_per_sec > 0 {
-                    tracing::warn!("bandwidth_limit is not enforced by this agent yet");
-                }
                 let report = engine::backup::backup(&ctx, &opts).map_err(|e| e.to_string())?;
                 if a.job_id.is_empty() {
                     self.remember_offline_writes(&ctx.store, &a.credential_json);

@@ -1146,6 +1146,9 @@ async fn follow_job(
     mut job: pb::Job,
     json: bool,
 ) -> Result<pb::Job> {
+    // Ctrl-C is ours from here on (before the first look at the job).
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for Ctrl-C")?;
     let mut stream = c
         .watch_jobs(pb::ListJobsRequest {
             host_id: job.host_id.clone(),
@@ -1173,7 +1176,7 @@ async fn follow_job(
     while !job_done(&job) {
         let message = tokio::select! {
             m = stream.message() => m.map_err(status_error)?,
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupts.recv() => {
                 // Ctrl-C: on a terminal, ask; from a script, cancel. A second Ctrl-C
                 // stops following.
                 if cancel_asked {

@@ -238,6 +238,14 @@ fn file_fleet(root: &Path, extra_config: &str) -> (Coordinator, String) {
         &root.join("coordinator"),
         &format!("heartbeat_secs = 1\njob_retry_delay_secs = 1\n{extra_config}"),
     );
+    apply_file_policy(&c, root, "");
+    let url = format!("{}/store/flotilla-", root.display());
+    (c, url)
+}
+
+/// One policy for every host: `root/src` to the file destination `root/store`, with
+/// `extra` policy lines.
+fn apply_file_policy(c: &Coordinator, root: &Path, extra: &str) {
     let policy = format!(
         r#"
 [destination.local]
@@ -248,14 +256,13 @@ path = "{root}/store"
 sources = ["{root}/src"]
 destination = "local"
 volsize_mb = 5
+{extra}
 "#,
         root = root.display()
     );
     let f = root.join("policies.toml");
     std::fs::write(&f, policy).unwrap();
     c.json(&["policy", "apply", f.to_str().unwrap()]);
-    let url = format!("{}/store/flotilla-", root.display());
-    (c, url)
 }
 
 fn big_tree(root: &Path) {
@@ -967,5 +974,92 @@ fn failed_restores_say_why_and_leave_the_target_as_it_was() {
     assert!(
         failed >= 3,
         "failed restores are evidence too: {evidence:?}"
+    );
+}
+
+/// Jobs stop on request: a running backup (slowed by the policy's bandwidth limit) is
+/// cancelled with `flotilla cancel` and leaves no set; a restore the CLI follows is
+/// cancelled by SIGINT (from a script: no question asked) and removes the target it
+/// created.
+#[test]
+fn running_jobs_are_cancelled_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let b = TreeBuilder::new(root.join("src"));
+    for i in 0..20_000u64 {
+        b.file(format!("d{}/f{i}", i % 100), deterministic_bytes(i, 1024));
+    }
+    let (c, _) = file_fleet(root, "");
+    apply_file_policy(&c, root, "bandwidth_limit_mb = 1");
+    let pass = [("FLOTILLA_PASSPHRASE", PASSPHRASE)];
+    let mut a = Agent::enroll(&c, root, "cancel-a", "role=app", &pass);
+    a.start();
+
+    // 20 MB at 1 MB/s: time enough to cancel.
+    c.json(&["backup", &a.host_id]);
+    let id = wait_running(&c, &a.host_id);
+    let started = std::time::Instant::now();
+    c.run(&["cancel", &id]).assert_success();
+    let job = wait_for(Duration::from_secs(20), "the backup to stop", || {
+        c.jobs(&a.host_id)
+            .into_iter()
+            .find(|j| j["job_id"] == id.as_str() && job_state(j) != "running")
+    });
+    assert_eq!(job_state(&job), "cancelled", "{job}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the bandwidth limit would have taken 20 s: the cancel was not prompt"
+    );
+    assert!(
+        chains(&c, &a.host_id).is_empty(),
+        "a cancelled backup counted"
+    );
+    let container = root.join(format!("store/flotilla-{}", a.host_id));
+    let manifests: Vec<_> = walk_files(&container)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("manifest"))
+        .collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
+
+    // Without the limit, a complete backup; then a restore cancelled by Ctrl-C.
+    apply_file_policy(&c, root, "");
+    let done = backup_now(&c, &a.host_id, &[]);
+    assert_eq!(job_state(&done), "succeeded", "{done}");
+    let target = root.join("cancelled-restore");
+    let mut follower = std::process::Command::new(flotilla_tests::coordinator_bin())
+        .args(["restore", &a.host_id, "--target"])
+        .arg(&target)
+        .args(["--coordinator", &c.url, "--dir"])
+        .arg(&c.dir)
+        .env("FLOTILLA_PASSPHRASE", PASSPHRASE)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let restore_id = wait_for(Duration::from_secs(30), "the restore to run", || {
+        c.jobs(&a.host_id)
+            .into_iter()
+            .find(|j| j["kind"] == "restore" && job_state(j) == "running")
+            .map(|j| j["job_id"].as_str().unwrap().to_string())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    let status = follower.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(follower.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("Cancel requested"), "{stderr}");
+    let job = c
+        .jobs(&a.host_id)
+        .into_iter()
+        .find(|j| j["job_id"] == restore_id.as_str())
+        .unwrap();
+    assert_eq!(job_state(&job), "cancelled", "{job}\n{stderr}");
+    assert!(
+        !target.exists(),
+        "the cancelled restore left {}",
+        target.display()
     );
 }

@@ -30,6 +30,43 @@ pub struct BlockingStore {
     local_dir: Option<PathBuf>,
     /// Bounds for resuming interrupted downloads.
     retry: RetryPolicy,
+    /// Bandwidth shared by every transfer through this store and its clones.
+    rate: Option<Arc<RateLimit>>,
+}
+
+/// A bandwidth limit shared by concurrent transfers: each transfer books its bytes on
+/// one timeline and sleeps until the booking is due, so the total over any second or
+/// more stays within the rate (duplicity-style `bandwidth_limit`).
+#[derive(Debug)]
+pub struct RateLimit {
+    bytes_per_sec: u64,
+    next_free: std::sync::Mutex<std::time::Instant>,
+}
+
+impl RateLimit {
+    pub fn new(bytes_per_sec: u64) -> Self {
+        RateLimit {
+            bytes_per_sec: bytes_per_sec.max(1),
+            next_free: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `n` more bytes fit within the rate.
+    pub fn take(&self, n: usize) {
+        let due = {
+            let mut next = self.next_free.lock().expect("rate lock");
+            let now = std::time::Instant::now();
+            if *next < now {
+                *next = now;
+            }
+            *next += std::time::Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
+            *next
+        };
+        let wait = due.saturating_duration_since(std::time::Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
 }
 
 /// Size of the pieces handed to the object store writer.
@@ -45,7 +82,14 @@ impl BlockingStore {
             label: label.into(),
             local_dir: None,
             retry: RetryPolicy::default(),
+            rate: None,
         }
+    }
+
+    /// Limits uploads and downloads through this store (and its clones) to
+    /// `bytes_per_sec` together.
+    pub fn set_bandwidth_limit(&mut self, bytes_per_sec: u64) {
+        self.rate = Some(Arc::new(RateLimit::new(bytes_per_sec)));
     }
 
     /// How often and how long an interrupted download is resumed.
@@ -132,6 +176,7 @@ impl BlockingStore {
             resumes: 0,
             started: std::time::Instant::now(),
             retry: self.retry.clone(),
+            rate: self.rate.clone(),
         })
     }
 
@@ -161,10 +206,14 @@ impl BlockingStore {
             label: self.label.clone(),
             name: name.to_string(),
             bytes: 0,
+            rate: self.rate.clone(),
         }
     }
 
     pub fn put_bytes(&self, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        if let Some(rate) = &self.rate {
+            rate.take(data.len());
+        }
         let store = self.store.clone();
         let path = ObjectPath::from(name);
         self.rt
@@ -288,6 +337,7 @@ pub struct ObjectReader {
     resumes: u32,
     started: std::time::Instant,
     retry: RetryPolicy,
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl ObjectReader {
@@ -366,6 +416,9 @@ impl Read for ObjectReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         let _ = self.current.split_to(n);
         self.offset += n as u64;
+        if let Some(rate) = &self.rate {
+            rate.take(n);
+        }
         Ok(n)
     }
 }
@@ -378,12 +431,16 @@ pub struct ObjectWriter {
     label: String,
     name: String,
     bytes: u64,
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl ObjectWriter {
     fn push(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
+        }
+        if let Some(rate) = &self.rate {
+            rate.take(self.buf.len());
         }
         let chunk = self.buf.split().freeze();
         let w = self.inner.as_mut().expect("writer used after finish");
