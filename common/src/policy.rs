@@ -117,6 +117,12 @@ struct RawPolicy {
     /// e.g. 20 (MB/s); 0 or absent: unlimited.
     #[serde(default)]
     bandwidth_limit_mb: Option<Spanned<u32>>,
+    /// Restore test interval, e.g. "7D".
+    #[serde(default)]
+    restore_test: Option<Spanned<String>>,
+    /// Host id of the drill host (default: each host drills its own backups).
+    #[serde(default)]
+    restore_test_on: Option<Spanned<String>>,
 }
 
 /// What to keep.
@@ -147,6 +153,13 @@ pub struct Policy {
     pub encrypt_to: Vec<String>,
     pub max_age_secs: Option<u64>,
     pub bandwidth_limit_mb: Option<u32>,
+    /// Scheduled restore tests (drills): at most this long between two.
+    #[serde(default)]
+    pub restore_test_secs: Option<u64>,
+    /// The host that runs the drills; it restores with its own key (the coordinator
+    /// holds none). `None`: each host drills its own backups.
+    #[serde(default)]
+    pub restore_test_on: Option<String>,
 }
 
 impl Policy {
@@ -253,6 +266,15 @@ impl PolicySet {
             let full_if_older_than_secs =
                 interval(&p.full_if_older_than, "full_if_older_than", &mut errors);
             let max_age_secs = interval(&p.max_age, "max_age", &mut errors);
+            let restore_test_secs = interval(&p.restore_test, "restore_test", &mut errors);
+            if let (Some(on), None) = (&p.restore_test_on, &p.restore_test) {
+                errors.push(err(
+                    on.span().start,
+                    format!(
+                        "policy {name:?}: restore_test_on needs restore_test (how often, e.g. \"7D\")"
+                    ),
+                ));
+            }
             let remove_older = interval(&p.remove_older_than, "remove_older_than", &mut errors);
             let retention = match (&p.keep_full_chains, remove_older) {
                 (Some(k), None) if *k.get_ref() == 0 => {
@@ -358,6 +380,8 @@ impl PolicySet {
                         .bandwidth_limit_mb
                         .map(Spanned::into_inner)
                         .filter(|&b| b > 0),
+                    restore_test_secs,
+                    restore_test_on: p.restore_test_on.map(Spanned::into_inner),
                 },
             );
         }

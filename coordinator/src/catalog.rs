@@ -197,6 +197,10 @@ pub struct RestoreParams {
     /// A restore test: into a temporary directory of the agent's, checked, removed.
     #[serde(default)]
     pub drill: bool,
+    /// The restoring agent uses its own key (scheduled drills: the coordinator holds no
+    /// key to send).
+    #[serde(default)]
+    pub agent_key: bool,
 }
 
 /// What a restore did and how its check against the backup's signatures went (as the

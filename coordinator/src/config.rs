@@ -36,6 +36,9 @@ pub struct CoordinatorConfig {
     /// A running job of an agent that has been disconnected this long is failed (and
     /// retried when the agent returns): the agent died or lost its state (default 600).
     pub lost_job_grace_secs: u64,
+    /// How often the coordinator looks for restore tests (policy `restore_test`) that
+    /// are due (default 60).
+    pub drill_check_secs: u64,
     /// Storage accounts by the name policies use in `account = "..."`.
     pub account: BTreeMap<String, AccountConfig>,
 }
@@ -51,6 +54,7 @@ impl Default for CoordinatorConfig {
             job_max_attempts: 3,
             job_retry_delay_secs: 60,
             lost_job_grace_secs: 600,
+            drill_check_secs: 60,
             account: BTreeMap::new(),
         }
     }

@@ -124,6 +124,8 @@ pub struct Fleet {
     /// restart loses them and the job fails asking to run it again.
     restore_keys: Mutex<HashMap<String, (String, String)>>,
     job_events: broadcast::Sender<JobRecord>,
+    /// When the last pass over policies' restore tests ran.
+    last_drill_pass: Mutex<i64>,
 }
 
 impl Fleet {
@@ -158,6 +160,7 @@ impl Fleet {
             containers_ready: Mutex::new(HashSet::new()),
             restore_keys: Mutex::new(HashMap::new()),
             job_events,
+            last_drill_pass: Mutex::new(0),
         });
         for host in fleet.catalog.hosts()? {
             let last = fleet.catalog.last_slot(&host.host_id)?;
@@ -452,6 +455,20 @@ impl Fleet {
             hosts.iter().map(|h| (h.host_id.as_str(), &h.labels)),
         )
         .map_err(FleetError::Policy)?;
+        for p in set.policies.values() {
+            if let Some(on) = &p.restore_test_on
+                && !hosts.iter().any(|h| &h.host_id == on)
+            {
+                return Err(FleetError::Policy(vec![PolicyError {
+                    file: file_name.to_string(),
+                    line: p.line,
+                    message: format!(
+                        "policy {:?}: restore_test_on {on:?} is not an enrolled host",
+                        p.name
+                    ),
+                }]));
+            }
+        }
         for (name, dest) in &set.destinations {
             // An account the coordinator has no credentials for fails now, not at 3 am.
             self.config.credentials_for(dest).map_err(|e| {
@@ -570,6 +587,17 @@ impl Fleet {
                 tracing::error!("{host_id}: scheduling: {e}");
             }
         }
+        let drills_due = {
+            let mut last = self.last_drill_pass.lock().expect("drill lock");
+            let due = t - *last >= self.config.drill_check_secs.max(1) as i64;
+            if due {
+                *last = t;
+            }
+            due
+        };
+        if drills_due && let Err(e) = self.schedule_drills(t) {
+            tracing::error!("scheduling restore tests: {e}");
+        }
         let hosts = match self.catalog.hosts_with_active_jobs() {
             Ok(h) => h,
             Err(e) => {
@@ -585,6 +613,75 @@ impl Fleet {
                 self.fail_lost_jobs(&host_id, t);
             }
         }
+    }
+
+    /// Restore tests that policies ask for (`restore_test`): for each backed-up host
+    /// whose last drill is older than the interval, one drill job on the drill host
+    /// (the host itself by default), which restores with its own key. A drill that
+    /// cannot start within one interval is dropped rather than piled up.
+    fn schedule_drills(&self, t: i64) -> Result<(), FleetError> {
+        let state = self.policy_state();
+        for host in self.catalog.hosts()? {
+            let Some(policy) = state.policy_for(&host.labels) else {
+                continue;
+            };
+            let Some(every) = policy.restore_test_secs else {
+                continue;
+            };
+            if host.last_backup_at == 0 {
+                continue; // nothing to restore yet
+            }
+            let drill_host = policy
+                .restore_test_on
+                .clone()
+                .unwrap_or_else(|| host.host_id.clone());
+            if self.catalog.host(&drill_host)?.is_none() {
+                tracing::warn!(
+                    "policy {:?}: restore_test_on host {drill_host} is not enrolled; no drill for {}",
+                    policy.name,
+                    host.host_id
+                );
+                continue;
+            }
+            let last = self
+                .catalog
+                .restores(Some(&host.host_id), 0)?
+                .into_iter()
+                .filter(|e| e.drill)
+                .map(|e| e.finished_at)
+                .max()
+                .unwrap_or(0);
+            if t - last < every as i64 {
+                continue;
+            }
+            let _t = self.transitions.lock().expect("transitions lock");
+            let pending = self.catalog.active_jobs(&drill_host)?.into_iter().any(|j| {
+                j.restore
+                    .as_ref()
+                    .is_some_and(|r| r.drill && r.source_host == host.host_id)
+            });
+            if pending {
+                continue;
+            }
+            let mut job = self.new_job(&drill_host, JobKind::Restore, "schedule")?;
+            job.restore = Some(crate::catalog::RestoreParams {
+                source_host: host.host_id.clone(),
+                time: 0,
+                paths: Vec::new(),
+                target: String::new(),
+                force: false,
+                drill: true,
+                agent_key: true,
+            });
+            job.start_by = job.created_at.saturating_add(every as i64);
+            self.save_job(&job)?;
+            tracing::info!(
+                "restore test of {} on {drill_host}: job {}",
+                host.host_id,
+                job.job_id
+            );
+        }
+        Ok(())
     }
 
     /// Running jobs of a host gone longer than the grace period: failed, and retried
@@ -937,6 +1034,7 @@ impl Fleet {
                 target: r.target.clone(),
                 force: r.force,
                 drill: r.drill,
+                agent_key: false,
             });
             if r.start_within_secs > 0 {
                 job.start_by = job.created_at.saturating_add(r.start_within_secs as i64);
@@ -978,13 +1076,16 @@ impl Fleet {
             let params = job.restore.clone().ok_or_else(|| {
                 FleetError::NoPolicy(format!("{} (restore job without parameters)", job.host_id))
             })?;
-            let (key, passphrase) = self
-                .restore_keys
-                .lock()
-                .expect("keys lock")
-                .get(&job.job_id)
-                .cloned()
-                .ok_or_else(|| FleetError::RestoreKeyLost(job.job_id.clone()))?;
+            let (key, passphrase) = if params.agent_key {
+                (String::new(), String::new())
+            } else {
+                self.restore_keys
+                    .lock()
+                    .expect("keys lock")
+                    .get(&job.job_id)
+                    .cloned()
+                    .ok_or_else(|| FleetError::RestoreKeyLost(job.job_id.clone()))?
+            };
             let source = self
                 .catalog
                 .host(&params.source_host)?

@@ -1063,3 +1063,74 @@ fn running_jobs_are_cancelled_on_request() {
         target.display()
     );
 }
+
+/// A policy schedules restore tests (`restore_test`, `restore_test_on`): after host A's
+/// first backup, drill host B restores it into a temporary directory with its own key,
+/// verifies it and the evidence is recorded; no second drill within the interval. A
+/// drill host that is not enrolled is refused at apply time, naming the line.
+#[test]
+fn policy_schedules_restore_tests_on_a_drill_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    small_tree(&root.join("src"), 5);
+    let (c, _) = file_fleet(root, "drill_check_secs = 1");
+    let pass = [("FLOTILLA_PASSPHRASE", PASSPHRASE)];
+    let mut a = Agent::enroll(&c, root, "drilled-a", "role=app", &pass);
+    let mut b = Agent::enroll(&c, root, "drill-b", "role=app", &pass);
+    a.start();
+    b.start();
+
+    let refused = c.run(&[
+        "policy",
+        "apply",
+        root.join("policies.toml").to_str().unwrap(),
+    ]);
+    refused.assert_success(); // the plain policy is fine
+    let bad = root.join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(root.join("policies.toml"))
+            .unwrap()
+            .replace(
+                "volsize_mb = 5",
+                "volsize_mb = 5\nrestore_test = \"1h\"\nrestore_test_on = \"nohost\"",
+            ),
+    )
+    .unwrap();
+    let out = c.run(&["policy", "apply", bad.to_str().unwrap()]);
+    assert!(!out.status.success(), "{out}");
+    assert!(
+        out.stderr_str().contains("nohost") && out.stderr_str().contains("bad.toml:"),
+        "{out}"
+    );
+
+    apply_file_policy(
+        &c,
+        root,
+        &format!("restore_test = \"1h\"\nrestore_test_on = \"{}\"", b.host_id),
+    );
+    let job = backup_now(&c, &a.host_id, &[]);
+    assert_eq!(job_state(&job), "succeeded", "{job}");
+    let evidence = || -> Vec<serde_json::Value> {
+        c.json(&["restores", &a.host_id, "--limit", "0"])
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let drill = wait_for(Duration::from_secs(30), "a scheduled drill", || {
+        evidence().into_iter().find(|e| e["drill"] == true)
+    });
+    assert_eq!(drill["state"], "succeeded", "{drill}");
+    assert_eq!(drill["origin"], "schedule", "{drill}");
+    assert_eq!(drill["target_host_id"], b.host_id.as_str(), "{drill}");
+    assert_eq!(drill["restore"]["verified"], true, "{drill}");
+    assert_eq!(drill["restore"]["files"], 7, "{drill}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(evidence().len(), 1, "one drill per interval");
+    let left: Vec<_> = std::fs::read_dir(&b.state_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("restore-test"))
+        .collect();
+    assert!(left.is_empty(), "the drill left {left:?}");
+}
