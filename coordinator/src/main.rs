@@ -447,6 +447,7 @@ fn run(cli: Cli) -> Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {

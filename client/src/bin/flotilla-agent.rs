@@ -373,6 +373,8 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Colour only for people: logs under systemd or in files stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(&cli, &matches) {
         Ok(code) => std::process::exit(code),
