@@ -1212,7 +1212,11 @@ async fn session(
                         let _ = tx.send(send(Out::PolicyAck(pb::PolicyAck { revision, applied, error }))).await;
                     }
                     Some(In::Job(a)) => {
-                        tracing::info!("job {} ({:?})", a.job_id, pb::JobKind::try_from(a.kind));
+                        tracing::info!(
+                            "job {}: {}",
+                            a.job_id,
+                            pb::JobKind::try_from(a.kind).map_or("unknown kind", |k| k.as_str_name())
+                        );
                         let _ = tx.send(send(Out::JobAccepted(pb::JobAccepted { job_id: a.job_id.clone() }))).await;
                         queued.lock().expect("queued").push(a.job_id.clone());
                         if jobs.send(a).is_err() {
