@@ -501,6 +501,33 @@ impl Catalog {
             .collect()
     }
 
+    /// Every set of every host, by host and then time (one pass, for reports).
+    pub fn each_set(&self, mut f: impl FnMut(SetRecord)) -> Result<(), CatalogError> {
+        for kv in self.sets.iter() {
+            let (k, v) = kv?;
+            f(decode("sets", &k, &v)?);
+        }
+        Ok(())
+    }
+
+    /// Every job, oldest first (one pass, for reports).
+    pub fn each_job(&self, mut f: impl FnMut(JobRecord)) -> Result<(), CatalogError> {
+        for kv in self.jobs.iter() {
+            let (k, v) = kv?;
+            f(decode("jobs", &k, &v)?);
+        }
+        Ok(())
+    }
+
+    /// All restore evidence (one pass, for reports).
+    pub fn each_restore(&self, mut f: impl FnMut(RestoreEvidence)) -> Result<(), CatalogError> {
+        for kv in self.restores.iter() {
+            let (k, v) = kv?;
+            f(decode("restores", &k, &v)?);
+        }
+        Ok(())
+    }
+
     /// Replaces all of a host's sets (catalog rebuild from a storage listing).
     pub fn replace_sets(&self, host_id: &str, sets: &[SetRecord]) -> Result<(), CatalogError> {
         let mut prefix = host_id.as_bytes().to_vec();

@@ -39,6 +39,9 @@ pub struct CoordinatorConfig {
     /// How often the coordinator looks for restore tests (policy `restore_test`) that
     /// are due (default 60).
     pub drill_check_secs: u64,
+    /// `flotilla report` calls a host offline when it is not connected and has not been
+    /// seen for this long (default 3600).
+    pub offline_after_secs: u64,
     /// Storage accounts by the name policies use in `account = "..."`.
     pub account: BTreeMap<String, AccountConfig>,
 }
@@ -55,6 +58,7 @@ impl Default for CoordinatorConfig {
             job_retry_delay_secs: 60,
             lost_job_grace_secs: 600,
             drill_check_secs: 60,
+            offline_after_secs: 3600,
             account: BTreeMap::new(),
         }
     }

@@ -815,6 +815,27 @@ impl Fleet {
         Ok(job_pb(&job))
     }
 
+    /// The freshness report as of `at` (0: now), for hosts with all `labels`.
+    pub fn report(
+        &self,
+        labels: BTreeMap<String, String>,
+        at: i64,
+    ) -> Result<crate::report::FleetReport, FleetError> {
+        let state = self.policy_state();
+        let opts = crate::report::ReportOptions {
+            now: if at > 0 { at } else { now() },
+            offline_after_secs: self.config.offline_after_secs as i64,
+            labels,
+        };
+        Ok(crate::report::build(
+            &self.catalog,
+            |l| state.policy_for(l),
+            state.revision,
+            |h| self.is_connected(h),
+            &opts,
+        )?)
+    }
+
     /// Keeps a finished restore job as evidence.
     fn record_restore_evidence(&self, job: &JobRecord) {
         let Some(params) = &job.restore else { return };

@@ -6,4 +6,5 @@ pub mod catalog;
 pub mod config;
 pub mod fleet;
 pub mod pki;
+pub mod report;
 pub mod server;

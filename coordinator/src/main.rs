@@ -10,6 +10,7 @@ use flotilla_common::timespec::parse_interval;
 use flotilla_coordinator::server::{CoordinatorConfig, serve};
 use std::path::PathBuf;
 
+mod report_cli;
 mod restore_cli;
 
 type AdminClient = pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>;
@@ -311,6 +312,33 @@ enum Command {
         time: Option<String>,
         #[command(flatten)]
         key: KeyArg,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// The freshness report: one row per host (status, last successful backup and its
+    /// age against the policy's max_age, chain, last failure, last verified restore,
+    /// agent version, policy revision, last seen) and a summary. Statuses, worst first:
+    /// unprotected (no policy), never (no backup yet), stale (older than max_age),
+    /// failing (the last backup job failed), offline (not connected, not seen within
+    /// offline_after_secs), fresh. Exit 2 with --fail-on when a host is in one of those
+    /// states (for cron and monitoring).
+    Report {
+        /// table, json or csv.
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+        format: String,
+        /// Only hosts with these labels (k=v,k=v).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Exit 2 when any host is in one of these states (comma-separated, e.g.
+        /// stale,failing,never).
+        #[arg(long, value_name = "STATES")]
+        fail_on: Option<String>,
+        /// Evaluate as of this time instead of now (duplicity time syntax).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Same as --format json.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -908,6 +936,58 @@ fn run(cli: Cli) -> Result<()> {
                 &key,
                 json,
             )
+        }
+        Command::Report {
+            format,
+            label,
+            fail_on,
+            at,
+            json,
+            connect,
+        } => {
+            let fail_on: Vec<flotilla_coordinator::report::HostStatus> = fail_on
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+                .map(|w| {
+                    flotilla_coordinator::report::HostStatus::parse(w).with_context(|| {
+                        format!(
+                            "--fail-on {w:?}: not a status (unprotected, never, stale, failing, \
+                             offline, fresh)"
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let labels = parse_labels(&label)?;
+            let at = time_arg(&at)?;
+            let r = block(async {
+                let mut c = admin_client(&connect).await?;
+                c.report(pb::ReportRequest { labels, at })
+                    .await
+                    .map_err(status_error)
+            })?
+            .into_inner();
+            let report: serde_json::Value =
+                serde_json::from_str(&r.json).context("the coordinator's report")?;
+            let format = if json { "json" } else { format.as_str() };
+            print!("{}", report_cli::render(&report, format)?);
+            let hit = report_cli::hosts_in(&report, &fail_on);
+            if !hit.is_empty() {
+                eprintln!(
+                    "flotilla: {} host(s) {}: {}",
+                    hit.len(),
+                    fail_on
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                    hit.join(", ")
+                );
+                std::process::exit(2);
+            }
+            Ok(())
         }
         Command::Cancel {
             job_id,

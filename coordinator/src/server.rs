@@ -602,6 +602,22 @@ impl AdminService for AdminSvc {
         }
     }
 
+    async fn report(
+        &self,
+        req: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        self.0.require_admin(&req, "report")?;
+        let r = req.into_inner();
+        let fleet = self.0.fleet.clone();
+        // One pass over the catalog: off the async workers.
+        let report =
+            tokio::task::spawn_blocking(move || fleet.report(r.labels.into_iter().collect(), r.at))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        let json = serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ReportResponse { json }))
+    }
+
     async fn cancel_job(
         &self,
         req: Request<pb::CancelJobRequest>,
