@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 pub struct CoordinatorConfig {
     /// gRPC listen address (default 127.0.0.1:7443).
     pub listen: SocketAddr,
+    /// Prometheus metrics over plain HTTP at `/metrics` (default: off). Keep it on a
+    /// private address: it names every host and its backup state.
+    pub metrics_listen: Option<SocketAddr>,
     /// State directory: pki/ (from `flotilla init`) and catalog/ (default /var/lib/flotilla).
     pub state_dir: PathBuf,
     /// Seconds between agent heartbeats (default 15).
@@ -50,6 +53,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
             listen: "127.0.0.1:7443".parse().expect("literal address"),
+            metrics_listen: None,
             state_dir: PathBuf::from("/var/lib/flotilla"),
             heartbeat_secs: 15,
             job_credential_ttl_secs: 12 * 3600,

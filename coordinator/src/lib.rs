@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod config;
 pub mod fleet;
+pub mod metrics;
 pub mod pki;
 pub mod report;
 pub mod server;

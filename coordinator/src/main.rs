@@ -170,6 +170,9 @@ enum Command {
         /// Overrides the config's listen address.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (overrides metrics_listen).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Enrollment tokens.
     #[command(subcommand)]
@@ -458,6 +461,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             dir,
             listen,
+            metrics_listen,
         } => {
             let mut cfg = match &config {
                 Some(path) => CoordinatorConfig::load(path)?,
@@ -468,6 +472,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(l) = listen {
                 cfg.listen = l;
+            }
+            if metrics_listen.is_some() {
+                cfg.metrics_listen = metrics_listen;
             }
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -70,6 +70,9 @@ pub struct HostFacts {
     pub consecutive_failures: u32,
     /// When the newest successful backup job finished (0: none through a job).
     pub last_success_job_at: i64,
+    /// How long that job ran (seconds).
+    #[serde(default)]
+    pub last_backup_duration_secs: i64,
     /// The newest restore or drill of this host's backups that succeeded verified.
     pub last_verified_restore_at: i64,
     pub last_verified_restore_drill: bool,
@@ -198,7 +201,10 @@ pub fn build<'p>(
         };
         match j.state {
             JobState::Succeeded => {
-                f.last_success_job_at = f.last_success_job_at.max(j.finished_at);
+                if j.finished_at >= f.last_success_job_at {
+                    f.last_success_job_at = j.finished_at;
+                    f.last_backup_duration_secs = (j.finished_at - j.started_at).max(0);
+                }
                 f.consecutive_failures = 0;
                 f.last_failure_at = 0;
                 f.last_error.clear();

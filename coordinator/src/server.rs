@@ -700,6 +700,8 @@ pub enum ServeError {
     Catalog(#[from] CatalogError),
     #[error("{0}")]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error("metrics listen on {addr}: {error}")]
+    Metrics { addr: SocketAddr, error: String },
     #[error("listen on {addr}: {error}")]
     Transport {
         addr: SocketAddr,
@@ -748,6 +750,26 @@ pub async fn serve(
             }
         }
     });
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let fleet = shared.fleet.clone();
+            let stop = stop_tx.subscribe();
+            // Bound now: a wrong address fails the start, not the first scrape.
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|e| ServeError::Metrics {
+                    addr,
+                    error: e.to_string(),
+                })?;
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve_metrics(listener, fleet, stop).await {
+                    tracing::error!("metrics at {addr}: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!("coordinator listening on {}", config.listen);
     Server::builder()
         .tls_config(tls)
@@ -765,6 +787,9 @@ pub async fn serve(
         })?;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     shared.catalog.flush()?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! agent processes, a file store): statuses, summary, exit codes, label filter, CSV,
 //! the JSON schema, and `--at` as the controllable clock.
 
-use flotilla_tests::fleet::{Agent, Coordinator, job_state, wait_for};
+use flotilla_tests::fleet::{Agent, Coordinator, free_port, job_state, wait_for};
 use flotilla_tests::{TreeBuilder, deterministic_bytes};
 use std::path::Path;
 use std::time::Duration;
@@ -66,9 +66,13 @@ fn report_shows_every_status_and_fails_on_request() {
         .file("a", deterministic_bytes(1, 10_000))
         .file("b/c", "c\n");
     TreeBuilder::new(root.join("fsrc")).file("x", "x\n");
+    let metrics_port = free_port();
     let c = Coordinator::start(
         &root.join("coordinator"),
-        "heartbeat_secs = 1\njob_retry_delay_secs = 1\njob_max_attempts = 1\noffline_after_secs = 2\n",
+        &format!(
+            "heartbeat_secs = 1\njob_retry_delay_secs = 1\njob_max_attempts = 1\n\
+             offline_after_secs = 2\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"
+        ),
     );
     let f = root.join("policies.toml");
     std::fs::write(&f, policies(root)).unwrap();
@@ -231,6 +235,76 @@ fn report_shows_every_status_and_fails_on_request() {
     assert_eq!(lines.len(), 7, "{text}");
     assert!(lines[0].starts_with("host_id,hostname,status,"));
 
+    // The same state as Prometheus metrics.
+    let text = http_get(metrics_port, "/metrics");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("text/plain; version=0.0.4"), "{text}");
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let fresh_id = id("fresh");
+    assert_eq!(
+        value(&format!(
+            "flotilla_host_status{{host=\"{fresh_id}\",status=\"fresh\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "flotilla_host_status{{host=\"{fresh_id}\",status=\"stale\"}}"
+        )),
+        0.0
+    );
+    assert_eq!(
+        value(&format!(
+            "flotilla_host_last_success_timestamp_seconds{{host=\"{fresh_id}\"}}"
+        )),
+        fresh["last_success_at"].as_f64().unwrap()
+    );
+    assert!(
+        value(&format!(
+            "flotilla_host_last_backup_bytes{{host=\"{fresh_id}\"}}"
+        )) > 0.0
+    );
+    assert_eq!(
+        value(&format!(
+            "flotilla_host_consecutive_failures{{host=\"{}\"}}",
+            id("failing")
+        )),
+        1.0
+    );
+    for s in [
+        "fresh",
+        "stale",
+        "never",
+        "failing",
+        "offline",
+        "unprotected",
+    ] {
+        assert_eq!(
+            value(&format!("flotilla_hosts{{status=\"{s}\"}}")),
+            1.0,
+            "{s}"
+        );
+    }
+    assert_eq!(
+        value("flotilla_jobs_total{kind=\"backup\",state=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("flotilla_jobs_total{kind=\"backup\",state=\"succeeded\"}"),
+        4.0
+    );
+    assert!(
+        text.contains("# TYPE flotilla_jobs_total counter"),
+        "{text}"
+    );
+    assert!(http_get(metrics_port, "/other").starts_with("HTTP/1.1 404"));
+
     // The clock: two hours on, the fresh host is stale too.
     let later = (chrono_now() + 7200).to_string();
     let r = report(&c, &["--at", &later]);
@@ -242,4 +316,18 @@ fn chrono_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
