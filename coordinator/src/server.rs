@@ -694,11 +694,12 @@ impl AdminService for AdminSvc {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("{0} (run `flotilla init` first?)")]
+    // The source is the detail (`{:#}` prints it after the colon), not repeated here.
+    #[error("the coordinator's certificates (run `flotilla init` first?)")]
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error("{0}")]
+    #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
     #[error("metrics listen on {addr}: {error}")]
     Metrics { addr: SocketAddr, error: String },
