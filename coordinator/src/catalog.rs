@@ -236,6 +236,47 @@ pub struct RestoreEvidence {
     pub outcome: Option<RestoreOutcome>,
 }
 
+/// A finished backup job as the report needs it, indexed by host and finish time so a
+/// host's newest outcomes are a short range scan, whatever the size of the job history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupOutcome {
+    pub job_id: String,
+    pub state: JobState,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub error: String,
+}
+
+/// What `prune_history` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub results: u64,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Prune => "prune",
+            JobKind::Restore => "restore",
+            JobKind::Verify => "verify",
+        }
+    }
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -319,6 +360,24 @@ pub struct Catalog {
     slots: sled::Tree,
     /// source host \0 finished_at \0 job id → restore evidence.
     restores: sled::Tree,
+    /// host \0 finished_at \0 job id → [`BackupOutcome`] of every finished backup job.
+    backup_outcomes: sled::Tree,
+    /// kind \0 state → finished jobs so far (u64, big-endian): counters that pruning the
+    /// job history does not lower.
+    job_counts: sled::Tree,
+    /// Markers of one-time migrations.
+    meta: sled::Tree,
+}
+
+/// Set in `meta` once `backup_outcomes` and `job_counts` cover every job.
+const JOB_INDEX_MARKER: &[u8] = b"job_index_v1";
+
+/// `prefix \0 time`: the range-scan key of the per-host trees.
+fn host_time_key(host_id: &str, time: i64) -> Vec<u8> {
+    let mut k = host_id.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&time.max(0).to_be_bytes());
+    k
 }
 
 impl Catalog {
@@ -327,7 +386,7 @@ impl Catalog {
             .path(dir)
             .flush_every_ms(Some(200))
             .open()?;
-        Ok(Catalog {
+        let catalog = Catalog {
             hosts: db.open_tree("hosts")?,
             tokens: db.open_tree("tokens")?,
             policies: db.open_tree("policies")?,
@@ -338,8 +397,30 @@ impl Catalog {
             active_jobs: db.open_tree("active_jobs")?,
             slots: db.open_tree("slots")?,
             restores: db.open_tree("restores")?,
+            backup_outcomes: db.open_tree("backup_outcomes")?,
+            job_counts: db.open_tree("job_counts")?,
+            meta: db.open_tree("meta")?,
             db,
-        })
+        };
+        catalog.index_jobs_once()?;
+        Ok(catalog)
+    }
+
+    /// Catalogs written before the job index existed get it built once, from the jobs.
+    fn index_jobs_once(&self) -> Result<(), CatalogError> {
+        if self.meta.contains_key(JOB_INDEX_MARKER)? {
+            return Ok(());
+        }
+        self.backup_outcomes.clear()?;
+        self.job_counts.clear()?;
+        for kv in self.jobs.iter() {
+            let (k, v) = kv?;
+            let job: JobRecord = decode("jobs", &k, &v)?;
+            self.index_job(None, &job)?;
+        }
+        self.meta.insert(JOB_INDEX_MARKER, &[])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Waits until everything written so far is on disk.
@@ -475,10 +556,7 @@ impl Catalog {
     // ------------------------------------------------------------------ sets
 
     fn set_key(host_id: &str, end_time: i64) -> Vec<u8> {
-        let mut k = host_id.as_bytes().to_vec();
-        k.push(0);
-        k.extend_from_slice(&end_time.to_be_bytes());
-        k
+        host_time_key(host_id, end_time)
     }
 
     /// Records a backup set (idempotent: the same set again replaces itself).
@@ -501,31 +579,36 @@ impl Catalog {
             .collect()
     }
 
-    /// Every set of every host, by host and then time (one pass, for reports).
-    pub fn each_set(&self, mut f: impl FnMut(SetRecord)) -> Result<(), CatalogError> {
-        for kv in self.sets.iter() {
-            let (k, v) = kv?;
-            f(decode("sets", &k, &v)?);
-        }
-        Ok(())
+    /// A host's sets that ended by `at`, newest first (a range scan: the report reads
+    /// only as far back as it needs).
+    pub fn sets_newest_first(
+        &self,
+        host_id: &str,
+        at: i64,
+    ) -> impl Iterator<Item = Result<SetRecord, CatalogError>> + use<> {
+        self.sets
+            .range(host_time_key(host_id, 0)..=host_time_key(host_id, at))
+            .rev()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("sets", &k, &v)
+            })
     }
 
-    /// Every job, oldest first (one pass, for reports).
-    pub fn each_job(&self, mut f: impl FnMut(JobRecord)) -> Result<(), CatalogError> {
-        for kv in self.jobs.iter() {
-            let (k, v) = kv?;
-            f(decode("jobs", &k, &v)?);
-        }
-        Ok(())
-    }
-
-    /// All restore evidence (one pass, for reports).
-    pub fn each_restore(&self, mut f: impl FnMut(RestoreEvidence)) -> Result<(), CatalogError> {
-        for kv in self.restores.iter() {
-            let (k, v) = kv?;
-            f(decode("restores", &k, &v)?);
-        }
-        Ok(())
+    /// Restore evidence about a source host's backups that finished by `at`, newest
+    /// first.
+    pub fn restores_newest_first(
+        &self,
+        source_host: &str,
+        at: i64,
+    ) -> impl Iterator<Item = Result<RestoreEvidence, CatalogError>> + use<> {
+        self.restores
+            .range(host_time_key(source_host, 0)..host_time_key(source_host, at.saturating_add(1)))
+            .rev()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("restores", &k, &v)
+            })
     }
 
     /// Replaces all of a host's sets (catalog rebuild from a storage listing).
@@ -587,7 +670,11 @@ impl Catalog {
     /// Stores a job and keeps the active index in step with its state, durably: a job
     /// (and its outcome) must survive a crash of the coordinator.
     pub fn put_job(&self, job: &JobRecord) -> Result<(), CatalogError> {
-        self.jobs.insert(job.job_id.as_bytes(), encode(job))?;
+        let old = self.jobs.insert(job.job_id.as_bytes(), encode(job))?;
+        let old: Option<JobRecord> = old
+            .map(|v| decode("jobs", job.job_id.as_bytes(), &v))
+            .transpose()?;
+        self.index_job(old.as_ref(), job)?;
         let key = Self::active_key(&job.host_id, &job.job_id);
         if job.state.is_final() {
             self.active_jobs.remove(key)?;
@@ -596,6 +683,114 @@ impl Catalog {
         }
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Keeps the outcome index and the counters in step with a job going from `old` to
+    /// `new` (a late result can turn a failed job into a succeeded one).
+    fn index_job(&self, old: Option<&JobRecord>, new: &JobRecord) -> Result<(), CatalogError> {
+        let outcome_key = |j: &JobRecord| {
+            let mut k = host_time_key(&j.host_id, j.finished_at);
+            k.push(0);
+            k.extend_from_slice(j.job_id.as_bytes());
+            k
+        };
+        if let Some(old) = old.filter(|o| o.state.is_final()) {
+            if old.state == new.state && old.finished_at == new.finished_at {
+                return Ok(());
+            }
+            self.count_job(old.kind, old.state, -1)?;
+            if old.kind == JobKind::Backup {
+                self.backup_outcomes.remove(outcome_key(old))?;
+            }
+        }
+        if new.state.is_final() {
+            self.count_job(new.kind, new.state, 1)?;
+            if new.kind == JobKind::Backup {
+                let outcome = BackupOutcome {
+                    job_id: new.job_id.clone(),
+                    state: new.state,
+                    started_at: new.started_at,
+                    finished_at: new.finished_at,
+                    error: new.error.clone(),
+                };
+                self.backup_outcomes
+                    .insert(outcome_key(new), encode(&outcome))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn count_job(&self, kind: JobKind, state: JobState, delta: i64) -> Result<(), CatalogError> {
+        let key = format!("{}\0{}", kind.as_str(), state.as_str());
+        self.job_counts.fetch_and_update(key.as_bytes(), |old| {
+            let n = old
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map_or(0, u64::from_be_bytes);
+            Some(n.saturating_add_signed(delta).to_be_bytes().to_vec())
+        })?;
+        Ok(())
+    }
+
+    /// Finished jobs so far by (kind, state); not lowered by pruning.
+    pub fn job_counts(&self) -> Result<BTreeMap<(String, String), u64>, CatalogError> {
+        let mut out = BTreeMap::new();
+        for kv in self.job_counts.iter() {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let (kind, state) = key.split_once('\0').unwrap_or((&key, ""));
+            let n = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
+            out.insert((kind.to_string(), state.to_string()), n);
+        }
+        Ok(out)
+    }
+
+    /// A host's finished backup jobs that finished by `at`, newest first.
+    pub fn backup_outcomes_newest_first(
+        &self,
+        host_id: &str,
+        at: i64,
+    ) -> impl Iterator<Item = Result<BackupOutcome, CatalogError>> + use<> {
+        self.backup_outcomes
+            .range(host_time_key(host_id, 0)..host_time_key(host_id, at.saturating_add(1)))
+            .rev()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("backup_outcomes", &k, &v)
+            })
+    }
+
+    /// Forgets finished jobs (and their outcomes) that finished before `before`, and
+    /// processed-result markers older than that; queued and running jobs, sets, restore
+    /// evidence, the audit log and the job counters stay.
+    pub fn prune_history(&self, before: i64) -> Result<Pruned, CatalogError> {
+        let mut pruned = Pruned::default();
+        // Job ids start with their creation time, so the candidates are a prefix range.
+        let upper = format!("j{:011x}", before.max(0).saturating_mul(1000));
+        for kv in self.jobs.range(..upper.as_bytes()) {
+            let (k, v) = kv?;
+            let job: JobRecord = decode("jobs", &k, &v)?;
+            if !job.state.is_final() || job.finished_at >= before {
+                continue;
+            }
+            self.jobs.remove(&k)?;
+            if job.kind == JobKind::Backup {
+                let mut key = host_time_key(&job.host_id, job.finished_at);
+                key.push(0);
+                key.extend_from_slice(job.job_id.as_bytes());
+                self.backup_outcomes.remove(key)?;
+            }
+            pruned.jobs += 1;
+        }
+        for kv in self.results.iter() {
+            let (k, v) = kv?;
+            let at: i64 = decode("results", &k, &v)?;
+            if at < before {
+                self.results.remove(&k)?;
+                pruned.results += 1;
+            }
+        }
+        self.db.flush()?;
+        Ok(pruned)
     }
 
     /// Updates a running job's progress without waiting for the disk (progress is
@@ -692,9 +887,7 @@ impl Catalog {
 
     /// Records a finished restore (idempotent per job).
     pub fn put_restore(&self, r: &RestoreEvidence) -> Result<(), CatalogError> {
-        let mut key = r.source_host.as_bytes().to_vec();
-        key.push(0);
-        key.extend_from_slice(&r.finished_at.to_be_bytes());
+        let mut key = host_time_key(&r.source_host, r.finished_at);
         key.push(0);
         key.extend_from_slice(r.job_id.as_bytes());
         self.restores.insert(key, encode(r))?;
@@ -821,6 +1014,123 @@ mod tests {
         assert_eq!(times, vec![100, 200, 300]);
         assert!(c.sets("h").unwrap().is_empty(), "prefix of another host id");
         assert!(!c.mark_result("r1", 7).unwrap());
+    }
+
+    fn job(id: &str, host: &str, kind: JobKind, state: JobState, finished_at: i64) -> JobRecord {
+        JobRecord {
+            job_id: id.into(),
+            host_id: host.into(),
+            kind,
+            state,
+            created_at: finished_at - 10,
+            started_at: finished_at - 5,
+            finished_at,
+            attempt: 1,
+            not_before: 0,
+            scheduled_for: 0,
+            force_full: false,
+            origin: "test".into(),
+            error: String::new(),
+            note: String::new(),
+            progress: None,
+            set: None,
+            restore: None,
+            restore_outcome: None,
+            start_by: 0,
+        }
+    }
+
+    fn counts(c: &Catalog) -> Vec<(String, String, u64)> {
+        c.job_counts()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|((k, s), n)| (k, s, n))
+            .collect()
+    }
+
+    #[test]
+    fn job_counters_and_outcomes_follow_every_state_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        // Ids carry the creation time in ms, as new_job_id makes them.
+        let id = |t: i64| format!("j{:011x}{:05x}", (t - 10) * 1000, 0);
+        let mut a = job(&id(100), "h1", JobKind::Backup, JobState::Queued, 0);
+        c.put_job(&a).unwrap();
+        assert!(counts(&c).is_empty(), "queued jobs are not counted");
+        a.state = JobState::Failed;
+        a.finished_at = 100;
+        a.error = "disk full".into();
+        c.put_job(&a).unwrap();
+        c.put_job(&a).unwrap(); // the same state again counts once
+        // A late result turns the failure into a success: moved, not added.
+        let mut b = job(&id(200), "h1", JobKind::Backup, JobState::Failed, 200);
+        c.put_job(&b).unwrap();
+        b.state = JobState::Succeeded;
+        b.finished_at = 210;
+        c.put_job(&b).unwrap();
+        c.put_job(&job(
+            &id(300),
+            "h1",
+            JobKind::Prune,
+            JobState::Succeeded,
+            300,
+        ))
+        .unwrap();
+        c.put_job(&job(
+            &id(400),
+            "h10",
+            JobKind::Backup,
+            JobState::Failed,
+            400,
+        ))
+        .unwrap();
+        let s = |a: &str, b: &str, n| (a.to_string(), b.to_string(), n);
+        assert_eq!(
+            counts(&c),
+            vec![
+                s("backup", "failed", 2),
+                s("backup", "succeeded", 1),
+                s("prune", "succeeded", 1)
+            ]
+        );
+        let outcomes = |host: &str, at: i64| -> Vec<(i64, JobState)> {
+            c.backup_outcomes_newest_first(host, at)
+                .map(|o| o.map(|o| (o.finished_at, o.state)).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            outcomes("h1", i64::MAX),
+            vec![(210, JobState::Succeeded), (100, JobState::Failed)]
+        );
+        assert_eq!(outcomes("h1", 209), vec![(100, JobState::Failed)]);
+        assert_eq!(outcomes("h10", i64::MAX), vec![(400, JobState::Failed)]);
+
+        // The index is rebuilt from the jobs when a catalog predates it.
+        drop(c);
+        let c = Catalog::open(dir.path()).unwrap();
+        c.meta.remove(JOB_INDEX_MARKER).unwrap();
+        c.job_counts.clear().unwrap();
+        c.backup_outcomes.clear().unwrap();
+        drop(c);
+        let c = Catalog::open(dir.path()).unwrap();
+        assert_eq!(counts(&c).len(), 3);
+        assert_eq!(c.backup_outcomes_newest_first("h1", i64::MAX).count(), 2);
+
+        // Pruning before 250 forgets the two h1 backups, keeps the rest and the counters.
+        c.put_job(&job(&id(150), "h1", JobKind::Backup, JobState::Running, 0))
+            .unwrap();
+        assert!(c.mark_result("old", 100).unwrap());
+        assert!(c.mark_result("new", 300).unwrap());
+        let p = c.prune_history(250).unwrap();
+        assert_eq!((p.jobs, p.results), (2, 1));
+        assert!(c.job(&id(100)).unwrap().is_none());
+        assert!(c.job(&id(150)).unwrap().is_some(), "running jobs stay");
+        assert!(c.job(&id(300)).unwrap().is_some());
+        assert_eq!(c.backup_outcomes_newest_first("h1", i64::MAX).count(), 0);
+        assert_eq!(c.backup_outcomes_newest_first("h10", i64::MAX).count(), 1);
+        assert!(!c.result_seen("old").unwrap() && c.result_seen("new").unwrap());
+        assert_eq!(counts(&c).len(), 3, "counters are totals, not history");
     }
 
     #[test]

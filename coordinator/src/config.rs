@@ -45,6 +45,10 @@ pub struct CoordinatorConfig {
     /// `flotilla report` calls a host offline when it is not connected and has not been
     /// seen for this long (default 3600).
     pub offline_after_secs: u64,
+    /// Finished jobs (and processed-result markers) older than this many days are
+    /// pruned from the catalog once an hour (default 90; 0 keeps them forever). Sets,
+    /// restore evidence, the audit log and the job counters in `/metrics` are kept.
+    pub job_history_days: u32,
     /// Storage accounts by the name policies use in `account = "..."`.
     pub account: BTreeMap<String, AccountConfig>,
 }
@@ -63,6 +67,7 @@ impl Default for CoordinatorConfig {
             lost_job_grace_secs: 600,
             drill_check_secs: 60,
             offline_after_secs: 3600,
+            job_history_days: 90,
             account: BTreeMap::new(),
         }
     }

@@ -67,7 +67,7 @@ impl From<FleetError> for Status {
     }
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -820,12 +820,14 @@ impl Fleet {
         &self,
         labels: BTreeMap<String, String>,
         at: i64,
+        history_days: u32,
     ) -> Result<crate::report::FleetReport, FleetError> {
         let state = self.policy_state();
         let opts = crate::report::ReportOptions {
             now: if at > 0 { at } else { now() },
             offline_after_secs: self.config.offline_after_secs as i64,
             labels,
+            history_days,
         };
         Ok(crate::report::build(
             &self.catalog,
@@ -1366,42 +1368,69 @@ impl Fleet {
         url: &str,
         options: &OpenOptions,
     ) -> Result<(Vec<SetRecord>, usize, usize), FleetError> {
-        use futures::TryStreamExt;
-        let dest = Destination::parse(url)?;
-        let store = dest.open(options)?;
-        let listing: Vec<(String, u64)> = store
-            .list(None)
-            .map_ok(|m| (m.location.to_string(), m.size))
-            .try_collect()
-            .await
-            .map_err(|e| StorageError::Backend {
-                destination: dest.to_string(),
-                operation: "list",
-                name: String::new(),
-                error: Box::new(e),
-            })?;
-        let coll = Collection::from_listing(listing);
+        let coll = list_collection(url, options).await?;
         let mut sets = Vec::new();
         for chain in &coll.chains {
             for s in chain.sets() {
-                let (kind, start, end) = match s.times {
-                    flotilla_common::archive::names::SetTimes::Full { time } => ("full", 0, time),
-                    flotilla_common::archive::names::SetTimes::Incremental { start, end } => {
-                        ("incremental", start, end)
-                    }
-                };
-                sets.push(SetRecord {
-                    host_id: host_id.to_string(),
-                    kind: kind.into(),
-                    start_time: start,
-                    end_time: end,
-                    volumes: s.volumes.len() as u32,
-                    bytes: s.stored_bytes(),
-                    files: 0,
-                });
+                sets.push(set_record(host_id, s));
             }
         }
         Ok((sets, coll.chains.len(), coll.incomplete.len()))
+    }
+
+    /// `report --check-storage`: each selected host's storage listing against its
+    /// catalog sets (listings only: no keys, nothing read or written), eight hosts at a
+    /// time.
+    pub async fn check_storage(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<crate::report::StorageCheck, FleetError> {
+        use futures::StreamExt;
+        let hosts: Vec<HostRecord> = self
+            .catalog
+            .hosts()?
+            .into_iter()
+            .filter(|h| labels.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
+            .collect();
+        let checked_at = now();
+        let mut rows: Vec<crate::report::HostStorageCheck> =
+            futures::stream::iter(hosts.into_iter().map(|host| self.check_host_storage(host)))
+                .buffer_unordered(8)
+                .collect()
+                .await;
+        rows.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        Ok(crate::report::StorageCheck::new(checked_at, rows))
+    }
+
+    async fn check_host_storage(&self, host: HostRecord) -> crate::report::HostStorageCheck {
+        let mut row = crate::report::HostStorageCheck {
+            host_id: host.host_id.clone(),
+            ..Default::default()
+        };
+        let plan = match self.plan(&host) {
+            Ok(plan) => plan,
+            Err(FleetError::NoPolicy(_)) if host.destination_override.is_none() => {
+                row.note = "no policy selects the host: no destination to check".into();
+                return row;
+            }
+            Err(e) => {
+                row.error = Some(e.to_string());
+                return row;
+            }
+        };
+        row.destination = plan.url.clone();
+        let catalog_sets = match self.catalog.sets(&host.host_id) {
+            Ok(s) => s,
+            Err(e) => {
+                row.error = Some(e.to_string());
+                return row;
+            }
+        };
+        match list_collection(&plan.url, &plan.options).await {
+            Ok(coll) => row.compare(&host.host_id, &catalog_sets, &coll),
+            Err(e) => row.error = Some(e.to_string()),
+        }
+        row
     }
 
     /// Replaces a host's sets with what its container holds. File counts reported by
@@ -1714,5 +1743,43 @@ pub fn set_pb(s: &SetRecord) -> pb::BackupSet {
         volumes: s.volumes,
         bytes: s.bytes,
         files: s.files,
+    }
+}
+
+/// A storage listing, grouped into chains and sets.
+async fn list_collection(url: &str, options: &OpenOptions) -> Result<Collection, FleetError> {
+    use futures::TryStreamExt;
+    let dest = Destination::parse(url)?;
+    let store = dest.open(options)?;
+    let listing: Vec<(String, u64)> = store
+        .list(None)
+        .map_ok(|m| (m.location.to_string(), m.size))
+        .try_collect()
+        .await
+        .map_err(|e| StorageError::Backend {
+            destination: dest.to_string(),
+            operation: "list",
+            name: String::new(),
+            error: Box::new(e),
+        })?;
+    Ok(Collection::from_listing(listing))
+}
+
+/// The catalog's record of a set found in storage (file counts are not in listings).
+pub fn set_record(host_id: &str, s: &flotilla_common::archive::collection::BackupSet) -> SetRecord {
+    let (kind, start, end) = match s.times {
+        flotilla_common::archive::names::SetTimes::Full { time } => ("full", 0, time),
+        flotilla_common::archive::names::SetTimes::Incremental { start, end } => {
+            ("incremental", start, end)
+        }
+    };
+    SetRecord {
+        host_id: host_id.to_string(),
+        kind: kind.into(),
+        start_time: start,
+        end_time: end,
+        volumes: s.volumes.len() as u32,
+        bytes: s.stored_bytes(),
+        files: 0,
     }
 }

@@ -8,4 +8,5 @@ pub mod fleet;
 pub mod metrics;
 pub mod pki;
 pub mod report;
+pub mod report_html;
 pub mod server;

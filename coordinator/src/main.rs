@@ -326,10 +326,15 @@ enum Command {
     /// unprotected (no policy), never (no backup yet), stale (older than max_age),
     /// failing (the last backup job failed), offline (not connected, not seen within
     /// offline_after_secs), fresh. Exit 2 with --fail-on when a host is in one of those
-    /// states (for cron and monitoring).
+    /// states (for cron and monitoring), and with --check-storage when the catalog and
+    /// storage disagree.
+    ///
+    /// --format html writes one self-contained page (no external assets): the summary,
+    /// a table sortable by clicking its headers, coloured by status, and each host's
+    /// freshness over the last 30 days.
     Report {
-        /// table, json or csv.
-        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+        /// table, json, csv or html.
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "html"])]
         format: String,
         /// Only hosts with these labels (k=v,k=v).
         #[arg(long, default_value = "")]
@@ -341,6 +346,14 @@ enum Command {
         /// Evaluate as of this time instead of now (duplicity time syntax).
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
+        /// Also compare the catalog with each host's storage listing (listings only, no
+        /// keys): sets the catalog counts that storage lacks or holds damaged, and complete
+        /// sets in storage the catalog lacks. Exit 2 when they disagree.
+        #[arg(long)]
+        check_storage: bool,
+        /// Days of backup history per host in the report (the HTML chart uses 30).
+        #[arg(long, value_name = "DAYS")]
+        history_days: Option<u32>,
         /// Same as --format json.
         #[arg(long)]
         json: bool,
@@ -447,7 +460,9 @@ async fn admin_client(c: &Connect) -> Result<AdminClient> {
         .connect()
         .await
         .with_context(|| format!("connecting to the coordinator at {}", c.coordinator))?;
-    Ok(pb::admin_service_client::AdminServiceClient::new(channel))
+    // Reports of large fleets exceed tonic's 4 MiB default for one message.
+    Ok(pb::admin_service_client::AdminServiceClient::new(channel)
+        .max_decoding_message_size(1 << 30))
 }
 
 fn status_error(e: tonic::Status) -> anyhow::Error {
@@ -949,9 +964,17 @@ fn run(cli: Cli) -> Result<()> {
             label,
             fail_on,
             at,
+            check_storage,
+            history_days,
             json,
             connect,
         } => {
+            let format = if json { "json" } else { format.as_str() };
+            let history_days = history_days.unwrap_or(if format == "html" {
+                report_cli::HTML_HISTORY_DAYS
+            } else {
+                0
+            });
             let fail_on: Vec<flotilla_coordinator::report::HostStatus> = fail_on
                 .as_deref()
                 .unwrap_or("")
@@ -971,15 +994,26 @@ fn run(cli: Cli) -> Result<()> {
             let at = time_arg(&at)?;
             let r = block(async {
                 let mut c = admin_client(&connect).await?;
-                c.report(pb::ReportRequest { labels, at })
-                    .await
-                    .map_err(status_error)
+                c.report(pb::ReportRequest {
+                    labels,
+                    at,
+                    history_days,
+                    check_storage,
+                })
+                .await
+                .map_err(status_error)
             })?
             .into_inner();
             let report: serde_json::Value =
                 serde_json::from_str(&r.json).context("the coordinator's report")?;
-            let format = if json { "json" } else { format.as_str() };
             print!("{}", report_cli::render(&report, format)?);
+            let mut failed = false;
+            if let Some(lines) = report_cli::storage_disagreements(&report) {
+                for line in &lines {
+                    eprintln!("flotilla: {line}");
+                }
+                failed = !lines.is_empty();
+            }
             let hit = report_cli::hosts_in(&report, &fail_on);
             if !hit.is_empty() {
                 eprintln!(
@@ -992,6 +1026,9 @@ fn run(cli: Cli) -> Result<()> {
                         .join("/"),
                     hit.join(", ")
                 );
+                failed = true;
+            }
+            if failed {
                 std::process::exit(2);
             }
             Ok(())

@@ -3,37 +3,11 @@
 //! bytes and duration, consecutive failures and status; fleet gauges per status; job
 //! counters by kind and outcome.
 
-use crate::catalog::{Catalog, CatalogError, JobKind, JobState};
 use crate::fleet::Fleet;
 use crate::report::{FleetReport, HostStatus};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-
-/// Finished jobs by (kind, state), from the catalog.
-pub fn job_counts(catalog: &Catalog) -> Result<BTreeMap<(String, String), u64>, CatalogError> {
-    let mut counts = BTreeMap::new();
-    catalog.each_job(|j| {
-        if !j.state.is_final() {
-            return;
-        }
-        let kind = match j.kind {
-            JobKind::Backup => "backup",
-            JobKind::Prune => "prune",
-            JobKind::Restore => "restore",
-            JobKind::Verify => "verify",
-        };
-        let state = match j.state {
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            _ => "cancelled",
-        };
-        *counts
-            .entry((kind.to_string(), state.to_string()))
-            .or_default() += 1;
-    })?;
-    Ok(counts)
-}
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(v: &str) -> String {
@@ -188,8 +162,8 @@ pub async fn serve_metrics(
                             );
                         }
                         let text = tokio::task::spawn_blocking(move || {
-                            let report = fleet.report(BTreeMap::new(), 0)?;
-                            let jobs = job_counts(&fleet.catalog)?;
+                            let report = fleet.report(BTreeMap::new(), 0, 0)?;
+                            let jobs = fleet.catalog.job_counts()?;
                             Ok::<_, crate::fleet::FleetError>(render(&report, &jobs))
                         })
                         .await;

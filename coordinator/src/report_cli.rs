@@ -1,24 +1,118 @@
 //! `flotilla report` output (part of the binary): the coordinator sends the report as
-//! its JSON document; this renders it as a table, CSV or JSON.
+//! its JSON document; this renders it as a table, CSV, HTML or JSON.
 
 use anyhow::{Context as _, Result};
 use flotilla_coordinator::report::{FleetReport, HostStatus};
 use serde_json::Value;
 
-/// The report in `format` (table, json, csv).
+/// Days of history the HTML page charts.
+pub const HTML_HISTORY_DAYS: u32 = 30;
+
+/// The report in `format` (table, json, csv, html).
 pub fn render(report: &Value, format: &str) -> Result<String> {
     Ok(match format {
         "json" => serde_json::to_string_pretty(report)? + "\n",
-        "csv" => csv(report)?,
-        _ => table(report),
+        "csv" => flotilla_coordinator::report::to_csv(&typed(report)?),
+        "html" => flotilla_coordinator::report_html::to_html(&typed(report)?),
+        _ => table(report) + &storage_table(report),
     })
 }
 
-fn csv(report: &Value) -> Result<String> {
-    // Through the typed report, so the CSV columns follow the schema.
-    let typed: FleetReport = serde_json::from_value(report.clone())
-        .context("the coordinator's report does not have the expected schema")?;
-    Ok(flotilla_coordinator::report::to_csv(&typed))
+/// Through the typed report, so the CSV and HTML follow the schema.
+fn typed(report: &Value) -> Result<FleetReport> {
+    serde_json::from_value(report.clone())
+        .context("the coordinator's report does not have the expected schema")
+}
+
+/// With a storage check in the report: one line per disagreement (empty when storage
+/// and catalog agree). None without a storage check.
+pub fn storage_disagreements(report: &Value) -> Option<Vec<String>> {
+    let hosts = report["storage_check"]["hosts"].as_array()?;
+    let mut lines = Vec::new();
+    for h in hosts {
+        let id = h["host_id"].as_str().unwrap_or("?");
+        if let Some(e) = h["error"].as_str() {
+            lines.push(format!("{id}: storage could not be listed: {e}"));
+        }
+        for (list, what) in [
+            ("missing_from_storage", "catalog set not usable in storage"),
+            (
+                "missing_from_catalog",
+                "stored set missing from the catalog",
+            ),
+        ] {
+            for m in h[list].as_array().into_iter().flatten() {
+                lines.push(format!(
+                    "{id}: {what}: {} {}: {}",
+                    m["kind"].as_str().unwrap_or(""),
+                    crate::time_text(m["end_time"].as_i64().unwrap_or(0)),
+                    m["problem"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    Some(lines)
+}
+
+fn storage_table(report: &Value) -> String {
+    let check = &report["storage_check"];
+    let Some(hosts) = check["hosts"].as_array() else {
+        return String::new();
+    };
+    let rows = hosts.iter().map(|h| {
+        let mut problems: Vec<String> = Vec::new();
+        if let Some(e) = h["error"].as_str() {
+            problems.push(format!("listing failed: {e}"));
+        }
+        for (list, prefix) in [
+            ("missing_from_storage", "catalog has, storage lacks"),
+            ("missing_from_catalog", "storage has, catalog lacks"),
+        ] {
+            for m in h[list].as_array().into_iter().flatten() {
+                problems.push(format!(
+                    "{prefix}: {} {}: {}",
+                    m["kind"].as_str().unwrap_or(""),
+                    crate::time_text(m["end_time"].as_i64().unwrap_or(0)),
+                    m["problem"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        if let Some(note) = h["note"].as_str() {
+            problems.push(note.to_string());
+        }
+        let incomplete = h["incomplete_in_storage"].as_u64().unwrap_or(0);
+        if incomplete > 0 {
+            problems.push(format!(
+                "{incomplete} incomplete set(s) in storage (not counted)"
+            ));
+        }
+        vec![
+            h["host_id"].as_str().unwrap_or("").to_string(),
+            h["destination"].as_str().unwrap_or("-").to_string(),
+            h["catalog_sets"].as_u64().unwrap_or(0).to_string(),
+            h["storage_sets"].as_u64().unwrap_or(0).to_string(),
+            if problems.is_empty() {
+                "agree".into()
+            } else {
+                problems.join("\n")
+            },
+        ]
+    });
+    format!(
+        "\nStorage check ({} host(s) checked, {} disagree):\n{}",
+        check["hosts_checked"].as_u64().unwrap_or(0),
+        check["hosts_differing"].as_u64().unwrap_or(0),
+        crate::table(
+            &[
+                "HOST",
+                "DESTINATION",
+                "CATALOG SETS",
+                "STORED SETS",
+                "PROBLEMS"
+            ],
+            rows
+        )
+    )
 }
 
 /// Host ids whose status is one of `states`.

@@ -609,11 +609,17 @@ impl AdminService for AdminSvc {
         self.0.require_admin(&req, "report")?;
         let r = req.into_inner();
         let fleet = self.0.fleet.clone();
-        // One pass over the catalog: off the async workers.
-        let report =
-            tokio::task::spawn_blocking(move || fleet.report(r.labels.into_iter().collect(), r.at))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??;
+        let labels: std::collections::BTreeMap<String, String> = r.labels.into_iter().collect();
+        let selection = labels.clone();
+        // Catalog scans: off the async workers.
+        let mut report = tokio::task::spawn_blocking(move || {
+            fleet.report(selection, r.at, r.history_days.min(366))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        if r.check_storage {
+            report.storage_check = Some(self.0.fleet.check_storage(&labels).await?);
+        }
         let json = serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ReportResponse { json }))
     }
@@ -751,6 +757,35 @@ pub async fn serve(
             }
         }
     });
+    // The history pruner: finished jobs older than `job_history_days` go, hourly.
+    let pruner = (config.job_history_days > 0).then(|| {
+        let catalog = shared.catalog.clone();
+        let keep_secs = i64::from(config.job_history_days) * 86_400;
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                let catalog = catalog.clone();
+                let before = crate::fleet::now() - keep_secs;
+                match tokio::task::spawn_blocking(move || catalog.prune_history(before)).await {
+                    Ok(Ok(p)) if p.jobs + p.results > 0 => tracing::info!(
+                        "pruned {} finished job(s) and {} result marker(s) older than {} days",
+                        p.jobs,
+                        p.results,
+                        keep_secs / 86_400
+                    ),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!("pruning the job history: {e}"),
+                    Err(e) => tracing::error!("pruning the job history: {e}"),
+                }
+            }
+        })
+    });
     let metrics = match config.metrics_listen {
         Some(addr) => {
             let fleet = shared.fleet.clone();
@@ -788,6 +823,9 @@ pub async fn serve(
         })?;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    if let Some(p) = pruner {
+        let _ = p.await;
+    }
     if let Some(m) = metrics {
         let _ = m.await;
     }

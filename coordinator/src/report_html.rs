@@ -1,0 +1,521 @@
+//! `flotilla report --format html`: the report as one self-contained page (inline CSS,
+//! JavaScript and SVG; no external assets), for an auditor to open or a CI to archive.
+//!
+//! The table sorts by clicking a header (status sorts worst first, age oldest first;
+//! a second click reverses); `#sort=COLUMN` or `#sort=-COLUMN` in the address picks the
+//! initial order, so a link can carry it. Each host has a freshness strip over the
+//! report's history window: one cell per UTC day, green when the host was fresh at the
+//! end of that day (last successful backup no older than `max_age`), red when it was
+//! stale, grey before its first backup. Every text from the catalog is escaped.
+
+use crate::report::{FleetReport, HostRow, HostStatus};
+use std::fmt::Write as _;
+
+const DAY: i64 = 86_400;
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn utc(t: i64) -> String {
+    if t <= 0 {
+        return "-".into();
+    }
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn age_text(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * DAY => format!("{}h", s / 3600),
+        s => format!("{}d", s / DAY),
+    }
+}
+
+/// Background colour per status, darkest for the worst.
+fn colour(status: HostStatus) -> &'static str {
+    match status {
+        HostStatus::Unprotected => "#7b1fa2",
+        HostStatus::Never => "#b71c1c",
+        HostStatus::Stale => "#d32f2f",
+        HostStatus::Failing => "#e65100",
+        HostStatus::Offline => "#616161",
+        HostStatus::Fresh => "#2e7d32",
+    }
+}
+
+fn rank(status: HostStatus) -> usize {
+    HostStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or(0)
+}
+
+/// What one day of the freshness strip shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DayState {
+    /// No successful backup up to the end of that day.
+    NoBackup,
+    /// The last backup at the end of the day was within `max_age` (or, with no
+    /// `max_age`, there was one).
+    Fresh,
+    /// The last backup at the end of the day was older than `max_age`.
+    Stale,
+}
+
+/// One cell of the strip: the day's start, its state, the backups that ended in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Day {
+    pub start: i64,
+    pub state: DayState,
+    pub backups: usize,
+}
+
+/// The per-day freshness of one host over the `days` UTC days up to `now` (oldest
+/// first; the last one ends at `now`). `backups` are the row's `recent_backups`: end
+/// times oldest first, starting with the last backup before the window.
+pub fn freshness_days(backups: &[i64], max_age: Option<u64>, now: i64, days: u32) -> Vec<Day> {
+    let today = now.div_euclid(DAY) * DAY;
+    (0..i64::from(days))
+        .rev()
+        .map(|back| {
+            let start = today - back * DAY;
+            let end = (start + DAY - 1).min(now);
+            let last = backups.iter().copied().filter(|t| *t <= end).max();
+            let state = match (last, max_age) {
+                (None, _) => DayState::NoBackup,
+                (Some(_), None) => DayState::Fresh,
+                (Some(t), Some(max)) if end - t <= max as i64 => DayState::Fresh,
+                (Some(_), Some(_)) => DayState::Stale,
+            };
+            let backups = backups
+                .iter()
+                .filter(|t| **t >= start && **t <= end)
+                .count();
+            Day {
+                start,
+                state,
+                backups,
+            }
+        })
+        .collect()
+}
+
+/// The strip as inline SVG, one 10×16 cell per day, with a tooltip per cell.
+fn strip(row: &HostRow, now: i64, days: u32) -> String {
+    let cells = freshness_days(&row.recent_backups, row.max_age_secs, now, days);
+    let fresh = cells.iter().filter(|d| d.state == DayState::Fresh).count();
+    let width = cells.len() * 11;
+    let mut svg = format!(
+        "<svg class=\"strip\" width=\"{width}\" height=\"18\" role=\"img\" \
+         aria-label=\"fresh on {fresh} of {} days\">",
+        cells.len()
+    );
+    for (i, d) in cells.iter().enumerate() {
+        let (fill, word) = match d.state {
+            DayState::NoBackup => ("#cfd8dc", "no backup yet"),
+            DayState::Fresh => ("#43a047", "fresh"),
+            DayState::Stale => ("#e53935", "stale"),
+        };
+        let date = chrono::DateTime::from_timestamp(d.start, 0)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let _ = write!(
+            svg,
+            "<rect x=\"{}\" y=\"1\" width=\"10\" height=\"16\" rx=\"2\" fill=\"{fill}\" \
+             data-day=\"{date}\" data-state=\"{word}\"><title>{date}: {word}, {} backup(s)</title></rect>",
+            i * 11,
+            d.backups
+        );
+        if d.backups > 0 {
+            let _ = write!(
+                svg,
+                "<rect x=\"{}\" y=\"13\" width=\"6\" height=\"3\" fill=\"#1b5e20\"/>",
+                i * 11 + 2
+            );
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;\
+margin:24px;color:#212121;background:#fafafa}h1{font-size:22px;margin:0 0 4px}\
+.meta{color:#616161;margin-bottom:16px}.cards{display:flex;gap:10px;flex-wrap:wrap;margin-bottom:18px}\
+.card{border-radius:6px;padding:8px 14px;color:#fff;min-width:90px}.card b{display:block;font-size:22px}\
+.card.total{background:#37474f}table{border-collapse:collapse;background:#fff;width:100%}\
+th,td{border-bottom:1px solid #e0e0e0;padding:5px 8px;text-align:left;vertical-align:top}\
+th{background:#eceff1;cursor:pointer;user-select:none;white-space:nowrap;position:sticky;top:0}\
+th[aria-sort=ascending]::after{content:' \\25B2'}th[aria-sort=descending]::after{content:' \\25BC'}\
+td.num{text-align:right;white-space:nowrap}.status{color:#fff;border-radius:4px;padding:1px 7px;\
+font-weight:600}.err{color:#b71c1c;max-width:360px;overflow-wrap:anywhere}.small{color:#757575;font-size:12px}\
+.legend span{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 4px 0 12px}\
+h2{font-size:17px;margin:24px 0 8px}.ok{color:#2e7d32}.bad{color:#b71c1c}";
+
+// Sorts by the clicked column's data-sort values (numbers when both parse); honours
+// #sort=COL / #sort=-COL on load.
+const SCRIPT: &str = r#"(function(){
+var table=document.getElementById('hosts');var heads=table.tHead.rows[0].cells;
+function sortBy(col,desc){var body=table.tBodies[0];var rows=Array.prototype.slice.call(body.rows);
+var idx=-1;for(var i=0;i<heads.length;i++){if(heads[i].dataset.col===col){idx=i;}heads[i].removeAttribute('aria-sort');}
+if(idx<0)return;rows.sort(function(a,b){var x=a.cells[idx].dataset.sort,y=b.cells[idx].dataset.sort;
+var nx=parseFloat(x),ny=parseFloat(y);var c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);
+if(c===0){c=a.dataset.order-b.dataset.order;return c;}return desc?-c:c;});
+rows.forEach(function(r){body.appendChild(r);});heads[idx].setAttribute('aria-sort',desc?'descending':'ascending');
+table.dataset.sorted=(desc?'-':'')+col;}
+for(var i=0;i<heads.length;i++){heads[i].addEventListener('click',function(){var col=this.dataset.col;
+var desc=this.getAttribute('aria-sort')==='ascending';sortBy(col,desc);history.replaceState(null,'','#sort='+(desc?'-':'')+col);});}
+var m=/sort=(-?)([a-z_]+)/.exec(location.hash);if(m){sortBy(m[2],m[1]==='-');}
+})();"#;
+
+/// The whole page.
+pub fn to_html(report: &FleetReport) -> String {
+    let days = report.history_days;
+    let now = report.generated_at;
+    let mut h = String::with_capacity(4096 + report.hosts.len() * (1200 + days as usize * 160));
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>Flotilla backup freshness report {}</title><style>{STYLE}</style></head><body>\n\
+         <h1>Backup freshness</h1><div class=\"meta\">Generated {} · {} host(s) · offline after {} · \
+         schema {}</div>\n<div class=\"cards\" id=\"summary\">",
+        escape(&utc(now)),
+        escape(&utc(now)),
+        report.summary.hosts,
+        age_text(report.offline_after_secs),
+        report.schema_version
+    );
+    let _ = write!(
+        h,
+        "<div class=\"card total\"><b>{:.0}%</b>fresh</div>",
+        report.summary.fresh_share * 100.0
+    );
+    for st in HostStatus::ALL {
+        let n = report
+            .summary
+            .by_status
+            .get(st.as_str())
+            .copied()
+            .unwrap_or(0);
+        let _ = write!(
+            h,
+            "<div class=\"card\" data-status=\"{0}\" style=\"background:{1}\"><b>{n}</b>{0}</div>",
+            st.as_str(),
+            colour(st)
+        );
+    }
+    h.push_str("</div>\n");
+    if days > 0 {
+        let _ = writeln!(
+            h,
+            "<div class=\"legend small\">Freshness, last {days} days (UTC, one cell per day, as \
+             of the end of the day):<span style=\"background:#43a047\"></span>fresh\
+             <span style=\"background:#e53935\"></span>stale (older than max_age)\
+             <span style=\"background:#cfd8dc\"></span>no backup yet; a dark mark: a backup ended that day.</div>"
+        );
+    }
+    let columns = [
+        ("host", "Host"),
+        ("status", "Status"),
+        ("policy", "Policy"),
+        ("last_backup", "Last backup"),
+        ("age", "Age"),
+        ("max_age", "Max age"),
+        ("chain", "Full (+incr)"),
+        ("history", "Freshness"),
+        ("restore", "Last verified restore"),
+        ("recipients", "Encrypted to"),
+        ("agent", "Agent"),
+        ("revision", "Policy rev"),
+        ("seen", "Last seen"),
+        ("failure", "Last failure"),
+    ];
+    h.push_str("<table id=\"hosts\"><thead><tr>");
+    for (col, title) in columns {
+        let _ = write!(h, "<th data-col=\"{col}\">{title}</th>");
+    }
+    h.push_str("</tr></thead><tbody>\n");
+    for (order, row) in report.hosts.iter().enumerate() {
+        host_row(&mut h, order, row, now, days);
+    }
+    h.push_str("</tbody></table>\n");
+    if report.hosts.is_empty() {
+        h.push_str("<p>No hosts match.</p>\n");
+    }
+    if let Some(check) = &report.storage_check {
+        storage_section(&mut h, check);
+    }
+    let _ = write!(h, "<script>{SCRIPT}</script>\n</body></html>\n");
+    h
+}
+
+fn host_row(h: &mut String, order: usize, row: &HostRow, now: i64, days: u32) {
+    let f = &row.facts;
+    let cell = |h: &mut String, sort: &str, class: &str, body: &str| {
+        let _ = write!(
+            h,
+            "<td data-sort=\"{}\"{}>{body}</td>",
+            escape(sort),
+            if class.is_empty() {
+                String::new()
+            } else {
+                format!(" class=\"{class}\"")
+            }
+        );
+    };
+    let _ = write!(
+        h,
+        "<tr data-order=\"{order}\" data-host=\"{}\" data-status=\"{}\">",
+        escape(&row.host_id),
+        row.status.as_str()
+    );
+    let hostname = if row.hostname.is_empty() || row.hostname == row.host_id {
+        String::new()
+    } else {
+        format!("<div class=\"small\">{}</div>", escape(&row.hostname))
+    };
+    cell(
+        h,
+        &row.host_id,
+        "",
+        &format!("{}{hostname}", escape(&row.host_id)),
+    );
+    cell(
+        h,
+        &rank(row.status).to_string(),
+        "",
+        &format!(
+            "<span class=\"status\" style=\"background:{}\">{}</span>",
+            colour(row.status),
+            row.status.as_str()
+        ),
+    );
+    let policy = row.policy.as_deref().unwrap_or("-");
+    cell(h, policy, "", &escape(policy));
+    cell(
+        h,
+        &f.last_success_at.to_string(),
+        "num",
+        &utc(f.last_success_at),
+    );
+    // Never backed up sorts as the oldest.
+    let age_sort = row.age_secs.unwrap_or(i64::MAX / 4);
+    cell(
+        h,
+        &age_sort.to_string(),
+        "num",
+        &row.age_secs.map_or("never".into(), age_text),
+    );
+    cell(
+        h,
+        &row.max_age_secs.unwrap_or(0).to_string(),
+        "num",
+        &row.max_age_secs.map_or("-".into(), |s| age_text(s as i64)),
+    );
+    let chain = if f.last_full_at > 0 {
+        format!(
+            "{} (+{})",
+            utc(f.last_full_at),
+            f.chain_length.saturating_sub(1)
+        )
+    } else {
+        "-".into()
+    };
+    cell(h, &f.chain_length.to_string(), "num", &chain);
+    let fresh_days = freshness_days(&row.recent_backups, row.max_age_secs, now, days)
+        .iter()
+        .filter(|d| d.state == DayState::Fresh)
+        .count();
+    cell(
+        h,
+        &fresh_days.to_string(),
+        "",
+        &if days > 0 {
+            strip(row, now, days)
+        } else {
+            "-".into()
+        },
+    );
+    let restore = if f.last_verified_restore_at > 0 {
+        format!(
+            "{}{}",
+            utc(f.last_verified_restore_at),
+            if f.last_verified_restore_drill {
+                " <span class=\"small\">(drill)</span>"
+            } else {
+                ""
+            }
+        )
+    } else {
+        "-".into()
+    };
+    cell(h, &f.last_verified_restore_at.to_string(), "num", &restore);
+    let recipients = row.encrypt_to.join(", ");
+    cell(
+        h,
+        &recipients,
+        "small",
+        &if recipients.is_empty() {
+            "-".into()
+        } else {
+            escape(&recipients)
+        },
+    );
+    cell(h, &row.agent_version, "", &escape(&row.agent_version));
+    cell(
+        h,
+        &row.policy_revision_applied.to_string(),
+        "num",
+        &format!(
+            "{}/{}",
+            row.policy_revision_applied, row.policy_revision_wanted
+        ),
+    );
+    let seen_sort = if row.connected { now } else { row.last_seen };
+    cell(
+        h,
+        &seen_sort.to_string(),
+        "num",
+        &if row.connected {
+            "connected".into()
+        } else {
+            utc(row.last_seen)
+        },
+    );
+    let failure = if f.consecutive_failures > 0 {
+        format!(
+            "{} ×{}<div class=\"err\">{}</div>",
+            utc(f.last_failure_at),
+            f.consecutive_failures,
+            escape(&f.last_error)
+        )
+    } else {
+        "-".into()
+    };
+    cell(h, &f.consecutive_failures.to_string(), "", &failure);
+    h.push_str("</tr>\n");
+}
+
+fn storage_section(h: &mut String, check: &crate::report::StorageCheck) {
+    let _ = write!(
+        h,
+        "<h2 id=\"storage\">Storage check</h2><p>{} host(s) checked at {}: <b class=\"{}\">{} \
+         disagree</b>.</p>",
+        check.hosts_checked,
+        utc(check.checked_at),
+        if check.hosts_differing == 0 {
+            "ok"
+        } else {
+            "bad"
+        },
+        check.hosts_differing
+    );
+    h.push_str(
+        "<table id=\"storage-check\"><thead><tr><th>Host</th><th>Destination</th><th>Catalog sets</th>\
+         <th>Stored sets</th><th>Problems</th></tr></thead><tbody>\n",
+    );
+    for c in &check.hosts {
+        let mut problems = String::new();
+        if let Some(e) = &c.error {
+            let _ = write!(
+                problems,
+                "<div class=\"err\">listing failed: {}</div>",
+                escape(e)
+            );
+        }
+        for m in &c.missing_from_storage {
+            let _ = write!(
+                problems,
+                "<div class=\"err\">{} {}: {}</div>",
+                m.kind,
+                utc(m.end_time),
+                escape(&m.problem)
+            );
+        }
+        for m in &c.missing_from_catalog {
+            let _ = write!(
+                problems,
+                "<div>{} {}: {}</div>",
+                m.kind,
+                utc(m.end_time),
+                escape(&m.problem)
+            );
+        }
+        if !c.note.is_empty() {
+            let _ = write!(problems, "<div class=\"small\">{}</div>", escape(&c.note));
+        }
+        if problems.is_empty() {
+            problems = "<span class=\"ok\">agree</span>".into();
+        }
+        let _ = writeln!(
+            h,
+            "<tr data-host=\"{}\"><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{problems}</td></tr>",
+            escape(&c.host_id),
+            escape(&c.host_id),
+            escape(&c.destination),
+            c.catalog_sets,
+            c.storage_sets
+        );
+    }
+    h.push_str("</tbody></table>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_neutralises_markup() {
+        assert_eq!(
+            escape(r#"<script>alert("x")</script> & 'y'"#),
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
+        );
+    }
+
+    #[test]
+    fn freshness_days_follow_max_age() {
+        let now = 10 * DAY + 12 * 3600; // noon on day 10
+        // A backup at 06:00 on day 5, then nothing; max_age 2 days.
+        let days = freshness_days(&[5 * DAY + 6 * 3600], Some(2 * DAY as u64), now, 8);
+        let states: Vec<DayState> = days.iter().map(|d| d.state).collect();
+        use DayState::*;
+        // Days 3..=10: none, none, fresh (day 5), fresh (6), stale from day 7 (end of day 7
+        // is 2 days + 18 h after the backup), stale, stale, stale.
+        assert_eq!(
+            states,
+            [NoBackup, NoBackup, Fresh, Fresh, Stale, Stale, Stale, Stale]
+        );
+        assert_eq!(days[2].backups, 1);
+        assert_eq!(days[2].start, 5 * DAY);
+        assert!(
+            days.iter()
+                .enumerate()
+                .all(|(i, d)| i == 2 || d.backups == 0)
+        );
+        // Without max_age any backup counts as fresh.
+        let days = freshness_days(&[5 * DAY], None, now, 3);
+        assert!(days.iter().all(|d| d.state == Fresh));
+        // A backup before the window (day 2, 00:00) keeps the first days fresh: the end
+        // of day 4 is 3 days minus a second after it.
+        let days = freshness_days(&[2 * DAY], Some(3 * DAY as u64), now, 8);
+        assert_eq!(days[0].state, Fresh);
+        assert_eq!(days[1].state, Fresh);
+        assert_eq!(days[2].state, Stale);
+    }
+}
