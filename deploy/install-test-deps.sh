@@ -13,7 +13,7 @@
 # interoperability tests (tests/src/duplicity.rs, tests/src/gpg.rs), python3 and
 # coreutils for tests/fixtures/make-duplicity-fixture.sh, rdiff for librsync
 # signature/delta interop, procps (ps, pgrep) and GNU time (/usr/bin/time -v) for
-# process and resource checks.
+# process and resource checks, chromium (headless) for the HTML report test.
 set -euo pipefail
 
 # ----------------------------------------------------------------- packages
@@ -27,6 +27,7 @@ PACKAGES=(
     procps      # ps/pgrep/pkill for process tests
     time        # GNU time: /usr/bin/time -v for memory measurements
     bash        # (essential) runs the fixture script
+    chromium    # headless browser: renders `flotilla report --format html` in a test
 )
 
 # ---------------------------------------------------------- storage services
@@ -99,6 +100,7 @@ command -v gpg-agent >/dev/null || die "gpg-agent not found"
 rdiff --version >/dev/null 2>&1 || die "rdiff does not run"
 /usr/bin/time -v true >/dev/null 2>&1 || die "/usr/bin/time -v does not work (GNU time)"
 python3 -c 'import hashlib, os, stat' || die "python3 does not work"
+chromium --version >/dev/null 2>&1 || die "chromium does not run"
 for t in pgrep ps stat dd; do
     command -v "$t" >/dev/null || die "$t not found"
 done

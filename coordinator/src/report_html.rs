@@ -38,6 +38,12 @@ fn utc(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
+fn day(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
 fn age_text(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
@@ -116,11 +122,14 @@ pub fn freshness_days(backups: &[i64], max_age: Option<u64>, now: i64, days: u32
         .collect()
 }
 
-/// The strip as inline SVG, one 10×16 cell per day, with a tooltip per cell.
+/// Width of one day in the strip, in pixels (one of them a gap).
+const STEP: usize = 9;
+
+/// The strip as inline SVG, one 8×16 cell per day, with a tooltip per cell.
 fn strip(row: &HostRow, now: i64, days: u32) -> String {
     let cells = freshness_days(&row.recent_backups, row.max_age_secs, now, days);
     let fresh = cells.iter().filter(|d| d.state == DayState::Fresh).count();
-    let width = cells.len() * 11;
+    let width = cells.len() * STEP;
     let mut svg = format!(
         "<svg class=\"strip\" width=\"{width}\" height=\"18\" role=\"img\" \
          aria-label=\"fresh on {fresh} of {} days\">",
@@ -132,21 +141,21 @@ fn strip(row: &HostRow, now: i64, days: u32) -> String {
             DayState::Fresh => ("#43a047", "fresh"),
             DayState::Stale => ("#e53935", "stale"),
         };
-        let date = chrono::DateTime::from_timestamp(d.start, 0)
-            .map(|t| t.format("%Y-%m-%d").to_string())
-            .unwrap_or_default();
+        let date = day(d.start);
         let _ = write!(
             svg,
-            "<rect x=\"{}\" y=\"1\" width=\"10\" height=\"16\" rx=\"2\" fill=\"{fill}\" \
+            "<rect x=\"{}\" y=\"1\" width=\"{}\" height=\"16\" rx=\"1\" fill=\"{fill}\" \
              data-day=\"{date}\" data-state=\"{word}\"><title>{date}: {word}, {} backup(s)</title></rect>",
-            i * 11,
+            i * STEP,
+            STEP - 1,
             d.backups
         );
         if d.backups > 0 {
             let _ = write!(
                 svg,
-                "<rect x=\"{}\" y=\"13\" width=\"6\" height=\"3\" fill=\"#1b5e20\"/>",
-                i * 11 + 2
+                "<rect x=\"{}\" y=\"13\" width=\"{}\" height=\"3\" fill=\"#1b5e20\"/>",
+                i * STEP + 1,
+                STEP - 3
             );
         }
     }
@@ -154,18 +163,18 @@ fn strip(row: &HostRow, now: i64, days: u32) -> String {
     svg
 }
 
-const STYLE: &str = "body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;\
+const STYLE: &str = "body{font:13px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;\
 margin:24px;color:#212121;background:#fafafa}h1{font-size:22px;margin:0 0 4px}\
 .meta{color:#616161;margin-bottom:16px}.cards{display:flex;gap:10px;flex-wrap:wrap;margin-bottom:18px}\
 .card{border-radius:6px;padding:8px 14px;color:#fff;min-width:90px}.card b{display:block;font-size:22px}\
 .card.total{background:#37474f}table{border-collapse:collapse;background:#fff;width:100%}\
-th,td{border-bottom:1px solid #e0e0e0;padding:5px 8px;text-align:left;vertical-align:top}\
+th,td{border-bottom:1px solid #e0e0e0;padding:4px 6px;text-align:left;vertical-align:top;white-space:nowrap}\
 th{background:#eceff1;cursor:pointer;user-select:none;white-space:nowrap;position:sticky;top:0}\
 th[aria-sort=ascending]::after{content:' \\25B2'}th[aria-sort=descending]::after{content:' \\25BC'}\
 td.num{text-align:right;white-space:nowrap}.status{color:#fff;border-radius:4px;padding:1px 7px;\
-font-weight:600}.err{color:#b71c1c;max-width:360px;overflow-wrap:anywhere}.small{color:#757575;font-size:12px}\
+font-weight:600}.err{color:#b71c1c;max-width:420px;white-space:normal;overflow-wrap:anywhere}.small{color:#757575;font-size:12px}\
 .legend span{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 4px 0 12px}\
-h2{font-size:17px;margin:24px 0 8px}.ok{color:#2e7d32}.bad{color:#b71c1c}";
+td.wrap{white-space:normal;min-width:180px}h2{font-size:17px;margin:24px 0 8px}.ok{color:#2e7d32}.bad{color:#b71c1c}";
 
 // Sorts by the clicked column's data-sort values (numbers when both parse); honours
 // #sort=COL / #sort=-COL on load.
@@ -203,7 +212,7 @@ pub fn to_html(report: &FleetReport) -> String {
     );
     let _ = write!(
         h,
-        "<div class=\"card total\"><b>{:.0}%</b>fresh</div>",
+        "<div class=\"card total\"><b>{:.0}%</b>of hosts fresh</div>",
         report.summary.fresh_share * 100.0
     );
     for st in HostStatus::ALL {
@@ -233,17 +242,12 @@ pub fn to_html(report: &FleetReport) -> String {
     let columns = [
         ("host", "Host"),
         ("status", "Status"),
-        ("policy", "Policy"),
-        ("last_backup", "Last backup"),
-        ("age", "Age"),
-        ("max_age", "Max age"),
-        ("chain", "Full (+incr)"),
+        ("policy", "Policy · max age"),
+        ("age", "Last backup"),
+        ("chain", "Chain"),
         ("history", "Freshness"),
         ("restore", "Last verified restore"),
-        ("recipients", "Encrypted to"),
-        ("agent", "Agent"),
-        ("revision", "Policy rev"),
-        ("seen", "Last seen"),
+        ("agent", "Agent · policy rev · seen"),
         ("failure", "Last failure"),
     ];
     h.push_str("<table id=\"hosts\"><thead><tr>");
@@ -267,17 +271,14 @@ pub fn to_html(report: &FleetReport) -> String {
 
 fn host_row(h: &mut String, order: usize, row: &HostRow, now: i64, days: u32) {
     let f = &row.facts;
+    let small = |text: &str| format!("<div class=\"small\">{text}</div>");
     let cell = |h: &mut String, sort: &str, class: &str, body: &str| {
-        let _ = write!(
-            h,
-            "<td data-sort=\"{}\"{}>{body}</td>",
-            escape(sort),
-            if class.is_empty() {
-                String::new()
-            } else {
-                format!(" class=\"{class}\"")
-            }
-        );
+        let class = if class.is_empty() {
+            String::new()
+        } else {
+            format!(" class=\"{class}\"")
+        };
+        let _ = write!(h, "<td data-sort=\"{}\"{class}>{body}</td>", escape(sort));
     };
     let _ = write!(
         h,
@@ -285,17 +286,15 @@ fn host_row(h: &mut String, order: usize, row: &HostRow, now: i64, days: u32) {
         escape(&row.host_id),
         row.status.as_str()
     );
-    let hostname = if row.hostname.is_empty() || row.hostname == row.host_id {
-        String::new()
-    } else {
-        format!("<div class=\"small\">{}</div>", escape(&row.hostname))
-    };
-    cell(
-        h,
-        &row.host_id,
-        "",
-        &format!("{}{hostname}", escape(&row.host_id)),
-    );
+    let mut host = escape(&row.host_id);
+    if !row.hostname.is_empty() && row.hostname != row.host_id {
+        host += &small(&escape(&row.hostname));
+    }
+    if !row.labels.is_empty() {
+        let labels: Vec<String> = row.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        host += &small(&escape(&labels.join(", ")));
+    }
+    cell(h, &row.host_id, "", &host);
     cell(
         h,
         &rank(row.status).to_string(),
@@ -306,97 +305,93 @@ fn host_row(h: &mut String, order: usize, row: &HostRow, now: i64, days: u32) {
             row.status.as_str()
         ),
     );
-    let policy = row.policy.as_deref().unwrap_or("-");
-    cell(h, policy, "", &escape(policy));
-    cell(
-        h,
-        &f.last_success_at.to_string(),
-        "num",
-        &utc(f.last_success_at),
-    );
+    let mut policy = match &row.policy {
+        Some(p) => format!(
+            "{} · {}",
+            escape(p),
+            row.max_age_secs
+                .map_or("no max age".into(), |s| age_text(s as i64))
+        ),
+        None => "-".into(),
+    };
+    if !row.encrypt_to.is_empty() {
+        policy += &small(&format!(
+            "encrypted to {}",
+            escape(&row.encrypt_to.join(", "))
+        ));
+    }
+    cell(h, row.policy.as_deref().unwrap_or(""), "", &policy);
     // Never backed up sorts as the oldest.
     let age_sort = row.age_secs.unwrap_or(i64::MAX / 4);
-    cell(
-        h,
-        &age_sort.to_string(),
-        "num",
-        &row.age_secs.map_or("never".into(), age_text),
-    );
-    cell(
-        h,
-        &row.max_age_secs.unwrap_or(0).to_string(),
-        "num",
-        &row.max_age_secs.map_or("-".into(), |s| age_text(s as i64)),
-    );
+    let age = match row.age_secs {
+        Some(age) => format!(
+            "<b>{} ago</b>{}",
+            age_text(age),
+            small(&utc(f.last_success_at))
+        ),
+        None => "<b>never</b>".into(),
+    };
+    cell(h, &age_sort.to_string(), "", &age);
     let chain = if f.last_full_at > 0 {
         format!(
-            "{} (+{})",
-            utc(f.last_full_at),
-            f.chain_length.saturating_sub(1)
+            "full + {} incr.{}",
+            f.chain_length.saturating_sub(1),
+            small(&format!("since {}", day(f.last_full_at)))
         )
     } else {
         "-".into()
     };
-    cell(h, &f.chain_length.to_string(), "num", &chain);
+    cell(h, &f.chain_length.to_string(), "", &chain);
     let fresh_days = freshness_days(&row.recent_backups, row.max_age_secs, now, days)
         .iter()
         .filter(|d| d.state == DayState::Fresh)
         .count();
-    cell(
-        h,
-        &fresh_days.to_string(),
-        "",
-        &if days > 0 {
-            strip(row, now, days)
-        } else {
-            "-".into()
-        },
-    );
+    let strip = if days > 0 {
+        strip(row, now, days)
+    } else {
+        "-".into()
+    };
+    cell(h, &fresh_days.to_string(), "", &strip);
     let restore = if f.last_verified_restore_at > 0 {
         format!(
             "{}{}",
             utc(f.last_verified_restore_at),
             if f.last_verified_restore_drill {
-                " <span class=\"small\">(drill)</span>"
+                small("drill")
             } else {
-                ""
+                String::new()
             }
         )
     } else {
         "-".into()
     };
-    cell(h, &f.last_verified_restore_at.to_string(), "num", &restore);
-    let recipients = row.encrypt_to.join(", ");
-    cell(
-        h,
-        &recipients,
-        "small",
-        &if recipients.is_empty() {
-            "-".into()
-        } else {
-            escape(&recipients)
-        },
-    );
-    cell(h, &row.agent_version, "", &escape(&row.agent_version));
-    cell(
-        h,
-        &row.policy_revision_applied.to_string(),
-        "num",
-        &format!(
-            "{}/{}",
+    cell(h, &f.last_verified_restore_at.to_string(), "", &restore);
+    let revision = if row.policy_revision_applied == row.policy_revision_wanted {
+        format!("rev {}", row.policy_revision_applied)
+    } else {
+        format!(
+            "<span class=\"bad\">rev {} of {}</span>",
             row.policy_revision_applied, row.policy_revision_wanted
-        ),
-    );
-    let seen_sort = if row.connected { now } else { row.last_seen };
+        )
+    };
+    let seen = if row.connected {
+        "connected".into()
+    } else {
+        format!("seen {}", utc(row.last_seen))
+    };
     cell(
         h,
-        &seen_sort.to_string(),
-        "num",
-        &if row.connected {
-            "connected".into()
-        } else {
-            utc(row.last_seen)
-        },
+        &row.agent_version,
+        "",
+        &format!(
+            "{} · {revision}{}",
+            if row.agent_version.is_empty() {
+                "-".into()
+            } else {
+                escape(&row.agent_version)
+            },
+            small(&seen)
+        ),
     );
     let failure = if f.consecutive_failures > 0 {
         format!(
@@ -408,7 +403,7 @@ fn host_row(h: &mut String, order: usize, row: &HostRow, now: i64, days: u32) {
     } else {
         "-".into()
     };
-    cell(h, &f.consecutive_failures.to_string(), "", &failure);
+    cell(h, &f.consecutive_failures.to_string(), "wrap", &failure);
     h.push_str("</tr>\n");
 }
 

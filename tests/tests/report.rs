@@ -1,6 +1,7 @@
 //! `flotilla report` against a real coordinator with hosts in every status (separate
 //! agent processes, a file store): statuses, summary, exit codes, label filter, CSV,
-//! the JSON schema, and `--at` as the controllable clock.
+//! the JSON schema, `--at` as the controllable clock, the HTML page rendered by headless
+//! Chromium, and `--check-storage` against a damaged store.
 
 use flotilla_tests::fleet::{Agent, Coordinator, free_port, job_state, wait_for};
 use flotilla_tests::{TreeBuilder, deterministic_bytes};
@@ -30,7 +31,7 @@ max_age = "2s"
 
 [policy.broken]
 select = {{ role = "broken" }}
-sources = ["{root}/fsrc"]
+sources = ["{root}/f<b>src"]
 destination = "local"
 max_age = "1h"
 "#,
@@ -65,7 +66,7 @@ fn report_shows_every_status_and_fails_on_request() {
     TreeBuilder::new(root.join("src"))
         .file("a", deterministic_bytes(1, 10_000))
         .file("b/c", "c\n");
-    TreeBuilder::new(root.join("fsrc")).file("x", "x\n");
+    TreeBuilder::new(root.join("f<b>src")).file("x", "x\n");
     let metrics_port = free_port();
     let c = Coordinator::start(
         &root.join("coordinator"),
@@ -101,7 +102,7 @@ fn report_shows_every_status_and_fails_on_request() {
         assert_eq!(job_state(&job), "succeeded", "{name}: {job}");
     }
     // failing: its source disappears, the next backup fails
-    std::fs::remove_dir_all(root.join("fsrc")).unwrap();
+    std::fs::remove_dir_all(root.join("f<b>src")).unwrap();
     let out = c.run(&["backup", &id("failing"), "--wait", "--json"]);
     assert!(!out.status.success(), "{out}");
     // offline: stopped, and not seen for longer than offline_after_secs
@@ -206,7 +207,7 @@ fn report_shows_every_status_and_fails_on_request() {
     let failing = host("failing");
     assert_eq!(failing["consecutive_failures"], 1, "{failing:#}");
     assert!(
-        failing["last_error"].as_str().unwrap().contains("fsrc"),
+        failing["last_error"].as_str().unwrap().contains("f<b>src"),
         "{failing:#}"
     );
     assert!(host("unprotected")["policy"].is_null());
@@ -309,6 +310,301 @@ fn report_shows_every_status_and_fails_on_request() {
     let later = (chrono_now() + 7200).to_string();
     let r = report(&c, &["--at", &later]);
     assert_eq!(statuses(&r)["fresh"], "stale", "{r:#}");
+
+    html_page_renders_in_chromium(&c, root, &id);
+    storage_check_names_what_storage_and_catalog_disagree_on(&c, root, &id);
+}
+
+/// The rows of the hosts table as Chromium left them: (host id, status, age sort key).
+fn dom_rows(dom: &str) -> Vec<(String, String, i64)> {
+    let attr = |s: &str, name: &str| -> String {
+        let start = s
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("no {name} in {s}"))
+            + name.len()
+            + 2;
+        s[start..start + s[start..].find('"').unwrap()].to_string()
+    };
+    let table = &dom[dom.find("<table id=\"hosts\"").expect("hosts table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    table
+        .split("<tr data-order=")
+        .skip(1)
+        .map(|row| {
+            let cells: Vec<&str> = row.split("<td data-sort=\"").skip(1).collect();
+            let age = cells[3][..cells[3].find('"').unwrap()].parse().unwrap();
+            (attr(row, "data-host"), attr(row, "data-status"), age)
+        })
+        .collect()
+}
+
+fn chromium(profile: &Path, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium (Debian package chromium; deploy/install-test-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn html_page_renders_in_chromium(c: &Coordinator, root: &Path, id: &dyn Fn(&str) -> String) {
+    let out = c.run(&["report", "--format", "html"]);
+    out.assert_success();
+    let html = out.stdout_str();
+    let page = root.join("report.html");
+    std::fs::write(&page, &html).unwrap();
+    // Self-contained: nothing loaded from elsewhere.
+    for external in ["<link", " src=", "href=", "url(", "@import"] {
+        assert!(!html.contains(external), "{external} in the page");
+    }
+    assert!(html.contains("<svg class=\"strip\""), "no freshness strip");
+    let url = |fragment: &str| format!("file://{}{fragment}", page.display());
+    let profile = root.join("chromium-profile");
+
+    // The page's own order (worst first), escaped text, the strips, the summary.
+    let dom = String::from_utf8(chromium(&profile, &["--dump-dom", &url("")]).stdout).unwrap();
+    let rows = dom_rows(&dom);
+    let order: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "unprotected",
+            "never",
+            "stale",
+            "failing",
+            "offline",
+            "fresh"
+        ],
+        "{dom}"
+    );
+    let failing_row = &dom[dom
+        .find(&format!("data-host=\"{}\"", id("failing")))
+        .unwrap()..];
+    let failing_row = &failing_row[..failing_row.find("</tr>").unwrap()];
+    assert!(failing_row.contains("f&lt;b&gt;src"), "{failing_row}");
+    assert!(
+        !failing_row.contains("<b>src"),
+        "markup from an error message: {failing_row}"
+    );
+    let row_of = |name: &str| {
+        let r = &dom[dom.find(&format!("data-host=\"{}\"", id(name))).unwrap()..];
+        r[..r.find("</tr>").unwrap()].to_string()
+    };
+    let cells = |row: &str, state: &str| row.matches(&format!("data-state=\"{state}\"")).count();
+    // Backed up today: 29 days before the first backup, today fresh (or stale for the
+    // host whose max_age is 2 s); never: 30 days without a backup.
+    let (fresh, stale) = (row_of("fresh"), row_of("stale"));
+    assert!(cells(&fresh, "fresh") >= 1, "{fresh}");
+    assert_eq!(
+        cells(&fresh, "no backup yet") + cells(&fresh, "fresh"),
+        30,
+        "{fresh}"
+    );
+    assert!(cells(&stale, "stale") >= 1, "{stale}");
+    assert_eq!(
+        cells(&stale, "no backup yet") + cells(&stale, "stale"),
+        30,
+        "{stale}"
+    );
+    assert_eq!(cells(&row_of("never"), "no backup yet"), 30);
+    assert!(dom.contains("data-status=\"fresh\""));
+    let summary = &dom[dom.find("id=\"summary\"").unwrap()..];
+    assert!(summary.contains("<b>17%</b>of hosts fresh"), "{summary}");
+
+    // Sorting by a fragment: age, oldest last (never backed up sorts oldest); status,
+    // best first.
+    let dom =
+        String::from_utf8(chromium(&profile, &["--dump-dom", &url("#sort=age")]).stdout).unwrap();
+    assert!(
+        dom.contains("data-sorted=\"age\""),
+        "the script did not run"
+    );
+    let ages: Vec<i64> = dom_rows(&dom).iter().map(|r| r.2).collect();
+    assert!(ages.windows(2).all(|w| w[0] <= w[1]), "{ages:?}");
+    let tail: Vec<String> = dom_rows(&dom)[4..].iter().map(|r| r.1.clone()).collect();
+    assert_eq!(tail, ["unprotected", "never"]);
+    let dom = String::from_utf8(chromium(&profile, &["--dump-dom", &url("#sort=-status")]).stdout)
+        .unwrap();
+    let order: Vec<String> = dom_rows(&dom).iter().map(|r| r.1.clone()).collect();
+    assert_eq!(
+        order,
+        [
+            "fresh",
+            "offline",
+            "failing",
+            "stale",
+            "never",
+            "unprotected"
+        ]
+    );
+
+    // A screenshot for people to look at (kept under the target directory).
+    let shot = root.join("report.png");
+    chromium(
+        &profile,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1500,700",
+            &url(""),
+        ],
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
+    std::fs::copy(&shot, &keep).unwrap();
+    std::fs::copy(&page, keep.with_extension("html")).unwrap();
+    eprintln!("screenshot: {}", keep.display());
+}
+
+fn storage_check_names_what_storage_and_catalog_disagree_on(
+    c: &Coordinator,
+    root: &Path,
+    id: &dyn Fn(&str) -> String,
+) {
+    let check = |extra: &[&str]| {
+        let mut args = vec!["report", "--check-storage", "--json"];
+        args.extend_from_slice(extra);
+        let out = c.run(&args);
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+        (out, json["storage_check"].clone())
+    };
+    let host = |check: &serde_json::Value, name: &str| {
+        check["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host_id"] == id(name).as_str())
+            .unwrap_or_else(|| panic!("no {name} in {check:#}"))
+            .clone()
+    };
+    let (out, sc) = check(&[]);
+    assert_eq!(out.status.code(), Some(0), "{out}");
+    assert_eq!(sc["hosts_checked"], 5, "{sc:#}");
+    assert_eq!(sc["hosts_differing"], 0, "{sc:#}");
+    assert!(
+        host(&sc, "unprotected")["note"]
+            .as_str()
+            .unwrap()
+            .contains("no policy")
+    );
+    assert_eq!(host(&sc, "fresh")["catalog_sets"], 1);
+    assert_eq!(host(&sc, "fresh")["storage_sets"], 1);
+
+    let dir = |name: &str| root.join("store").join(format!("flotilla-{}", id(name)));
+    let files = |name: &str| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir(name))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    };
+    // stale: its only volume is lost.
+    let vol = files("stale")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(".vol1.difftar"))
+        .expect("a volume");
+    std::fs::remove_file(vol).unwrap();
+    // offline: the whole set is deleted.
+    for f in files("offline") {
+        std::fs::remove_file(f).unwrap();
+    }
+    // fresh: a complete set appears in storage that the catalog never heard of (a
+    // copy of its full under a later time).
+    for f in files("fresh") {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let stamp = name.split('.').nth(1).unwrap().to_string();
+        std::fs::copy(
+            &f,
+            dir("fresh").join(name.replace(&stamp, "20300101T000000Z")),
+        )
+        .unwrap();
+    }
+
+    let (out, sc) = check(&[]);
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert_eq!(sc["hosts_differing"], 3, "{sc:#}");
+    let stale = host(&sc, "stale");
+    assert!(
+        stale["missing_from_storage"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("volume(s) 1 missing"),
+        "{stale:#}"
+    );
+    let offline = host(&sc, "offline");
+    assert_eq!(offline["storage_sets"], 0);
+    assert!(
+        offline["missing_from_storage"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("not in storage"),
+        "{offline:#}"
+    );
+    let fresh = host(&sc, "fresh");
+    assert_eq!(
+        fresh["missing_from_storage"],
+        serde_json::json!([]),
+        "{fresh:#}"
+    );
+    assert_eq!(
+        fresh["missing_from_catalog"][0]["kind"], "full",
+        "{fresh:#}"
+    );
+    assert_eq!(
+        fresh["missing_from_catalog"][0]["end_time"], 1_893_456_000,
+        "{fresh:#}"
+    );
+    for name in ["stale", "offline", "fresh"] {
+        assert!(out.stderr_str().contains(&id(name)), "{name}: {out}");
+    }
+    assert!(
+        host(&sc, "failing")["missing_from_storage"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // The table says the same to a person; the label filter narrows the check.
+    let out = c.run(&["report", "--check-storage", "--label", "role=tight"]);
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    let text = out.stdout_str();
+    assert!(
+        text.contains("Storage check (1 host(s) checked, 1 disagree)"),
+        "{text}"
+    );
+    assert!(text.contains("volume(s) 1 missing"), "{text}");
+    assert!(!text.contains(&id("offline")), "{text}");
+
+    // catalog rebuild takes in what storage has: fresh agrees again.
+    c.json(&["catalog", "rebuild", "--host", &id("fresh")]);
+    let (_, sc) = check(&[]);
+    assert!(
+        host(&sc, "fresh")["missing_from_catalog"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{sc:#}"
+    );
+    assert_eq!(sc["hosts_differing"], 2, "{sc:#}");
 }
 
 fn chrono_now() -> i64 {
