@@ -69,7 +69,8 @@ struct KeyArg {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a one-time enrollment token; enrolled hosts get these labels.
+    /// Create one-time enrollment tokens (one per host); enrolled hosts get these
+    /// labels. Prints one token per line (JSON: `tokens`, and `token` for the first).
     Create {
         /// Labels as k=v,k=v.
         #[arg(long, default_value = "")]
@@ -77,6 +78,9 @@ enum TokenCommand {
         /// Lifetime (duplicity interval syntax: 30m, 12h, 2D).
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// How many tokens, e.g. one per host of a rollout (deploy/enroll-hosts.sh).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -518,6 +522,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Token(TokenCommand::Create {
             labels,
             ttl,
+            count,
             json,
             connect,
         }) => {
@@ -525,27 +530,36 @@ fn run(cli: Cli) -> Result<()> {
             let secs = parse_interval(&ttl).with_context(|| format!("--ttl {ttl}"))?;
             anyhow::ensure!(secs > 0, "--ttl {ttl}: must be positive");
             let rt = tokio::runtime::Runtime::new()?;
-            let resp = rt
-                .block_on(async {
-                    let mut c = admin_client(&connect).await?;
-                    c.create_token(pb::CreateTokenRequest {
-                        labels,
-                        ttl_secs: secs as u64,
-                    })
-                    .await
-                    .map_err(status_error)
-                })?
-                .into_inner();
+            let (tokens, expires_at) = rt.block_on(async {
+                let mut c = admin_client(&connect).await?;
+                let mut tokens = Vec::with_capacity(count as usize);
+                let mut expires_at = 0;
+                for _ in 0..count {
+                    let resp = c
+                        .create_token(pb::CreateTokenRequest {
+                            labels: labels.clone(),
+                            ttl_secs: secs as u64,
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    tokens.push(resp.token);
+                    expires_at = resp.expires_at;
+                }
+                anyhow::Ok((tokens, expires_at))
+            })?;
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "token": resp.token, "expires_at": resp.expires_at })
+                    serde_json::json!({ "token": tokens[0], "tokens": tokens, "expires_at": expires_at })
                 );
             } else {
-                println!("{}", resp.token);
+                for t in &tokens {
+                    println!("{t}");
+                }
                 eprintln!(
-                    "single use, expires {}; enroll a host with: flotilla-agent enroll --coordinator {} --token TOKEN",
-                    chrono::DateTime::from_timestamp(resp.expires_at, 0).unwrap_or_default(),
+                    "single use (one per host), expires {}; enroll a host with: flotilla-agent enroll --coordinator {} --token TOKEN",
+                    chrono::DateTime::from_timestamp(expires_at, 0).unwrap_or_default(),
                     connect.coordinator
                 );
             }
@@ -1004,9 +1018,8 @@ fn run(cli: Cli) -> Result<()> {
                 .map_err(status_error)
             })?
             .into_inner();
-            let report: serde_json::Value =
-                serde_json::from_str(&r.json).context("the coordinator's report")?;
-            print!("{}", report_cli::render(&report, format)?);
+            let report = report_cli::parse(&r.json)?;
+            print!("{}", report_cli::render(&r.json, &report, format)?);
             let mut failed = false;
             if let Some(lines) = report_cli::storage_disagreements(&report) {
                 for line in &lines {

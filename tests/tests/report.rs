@@ -366,9 +366,14 @@ fn html_page_renders_in_chromium(c: &Coordinator, root: &Path, id: &dyn Fn(&str)
     let page = root.join("report.html");
     std::fs::write(&page, &html).unwrap();
     // Self-contained: nothing loaded from elsewhere.
-    for external in ["<link", " src=", "href=", "url(", "@import"] {
+    for external in ["<link", " src=", "href=", "@import"] {
         assert!(!html.contains(external), "{external} in the page");
     }
+    // url() only for the page's own SVG pattern.
+    assert!(
+        html.split("url(").skip(1).all(|rest| rest.starts_with('#')),
+        "url() to elsewhere in the page"
+    );
     assert!(html.contains("<svg class=\"strip\""), "no freshness strip");
     let url = |fragment: &str| format!("file://{}{fragment}", page.display());
     let profile = root.join("chromium-profile");
@@ -402,7 +407,13 @@ fn html_page_renders_in_chromium(c: &Coordinator, root: &Path, id: &dyn Fn(&str)
         let r = &dom[dom.find(&format!("data-host=\"{}\"", id(name))).unwrap()..];
         r[..r.find("</tr>").unwrap()].to_string()
     };
-    let cells = |row: &str, state: &str| row.matches(&format!("data-state=\"{state}\"")).count();
+    // Days per state: the strip draws runs of days (data-days each).
+    let cells = |row: &str, state: &str| -> usize {
+        row.split(&format!("data-state=\"{state}\" data-days=\""))
+            .skip(1)
+            .map(|rest| rest[..rest.find('"').unwrap()].parse::<usize>().unwrap())
+            .sum()
+    };
     // Backed up today: 29 days before the first backup, today fresh (or stale for the
     // host whose max_age is 2 s); never: 30 days without a backup.
     let (fresh, stale) = (row_of("fresh"), row_of("stale"));
