@@ -380,6 +380,14 @@ fn host_time_key(host_id: &str, time: i64) -> Vec<u8> {
     k
 }
 
+/// The time in a [`host_time_key`] (its last eight bytes).
+fn key_time(key: &[u8]) -> i64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|start| <[u8; 8]>::try_from(&key[start..]).ok())
+        .map_or(0, i64::from_be_bytes)
+}
+
 impl Catalog {
     pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
         let db = sled::Config::new()
@@ -593,6 +601,39 @@ impl Catalog {
                 let (k, v) = kv?;
                 decode("sets", &k, &v)
             })
+    }
+
+    /// End times of a host's sets that ended in `from..=to`, oldest first, read from
+    /// the keys alone (no values decoded: the report's history window).
+    pub fn set_end_times(
+        &self,
+        host_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<i64>, CatalogError> {
+        self.sets
+            .range(host_time_key(host_id, from)..=host_time_key(host_id, to))
+            .keys()
+            .map(|k| Ok(key_time(&k?)))
+            .collect()
+    }
+
+    /// End time of a host's newest set that ended before `before`.
+    pub fn last_set_end_before(
+        &self,
+        host_id: &str,
+        before: i64,
+    ) -> Result<Option<i64>, CatalogError> {
+        if before <= 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .sets
+            .range(host_time_key(host_id, 0)..host_time_key(host_id, before))
+            .keys()
+            .next_back()
+            .transpose()?
+            .map(|k| key_time(&k)))
     }
 
     /// Restore evidence about a source host's backups that finished by `at`, newest

@@ -327,36 +327,26 @@ pub fn host_facts(
     opts: &ReportOptions,
 ) -> Result<(HostFacts, Vec<i64>), CatalogError> {
     let mut f = HostFacts::default();
-    let history_from = opts.now - i64::from(opts.history_days) * 86_400;
-    let mut history = Vec::new();
-    let mut before_window = None;
-    let mut in_chain = true;
     for set in catalog.sets_newest_first(host_id, opts.now) {
         let s = set?;
         if f.last_success_at == 0 {
             f.last_success_at = s.end_time;
             f.last_backup_bytes = s.bytes;
         }
-        if in_chain {
-            f.chain_length += 1;
-            if s.kind == "full" {
-                f.last_full_at = s.end_time;
-                in_chain = false;
-            }
-        }
-        if opts.history_days > 0 {
-            if s.end_time > history_from {
-                history.push(s.end_time);
-            } else if before_window.is_none() {
-                before_window = Some(s.end_time);
-            }
-        }
-        if !in_chain && (opts.history_days == 0 || before_window.is_some()) {
+        f.chain_length += 1;
+        if s.kind == "full" {
+            f.last_full_at = s.end_time;
             break;
         }
     }
-    history.extend(before_window);
-    history.reverse();
+    let mut history = Vec::new();
+    if opts.history_days > 0 {
+        // End times only, from the keys: the window can hold many more sets than the
+        // chain, and decoding them is most of the cost.
+        let history_from = opts.now - i64::from(opts.history_days) * 86_400;
+        history.extend(catalog.last_set_end_before(host_id, history_from + 1)?);
+        history.extend(catalog.set_end_times(host_id, history_from + 1, opts.now)?);
+    }
     for outcome in catalog.backup_outcomes_newest_first(host_id, opts.now) {
         let o = outcome?;
         match o.state {
