@@ -12,7 +12,11 @@
 # 4. runs every test of the workspace: unit tests, the OpenPGP interop tests against
 #    gpg, the engine round trips, duplicity/rdiff interop, the storage conformance
 #    suite against a directory, Azurite and Swift, end-to-end backups through both
-#    services, scoped credentials, faults, and the bad-input tests.
+#    services, scoped credentials, faults, and the bad-input tests,
+# 5. with no extra arguments, the deployment checks: the quickstart
+#    (deploy/test-quickstart.sh runs deploy/quickstart.sh and checks what it says and
+#    leaves behind) and the Debian packages (deploy/test-packages.sh: build, install,
+#    run, remove, purge).
 #
 # Extra arguments go to `cargo test` (e.g. `deploy/test.sh -p flotilla-common`).
 set -euo pipefail
@@ -38,4 +42,15 @@ set -e
 # One total over every test binary (cargo prints a line per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "\ntotal: %d passed, %d failed\n", p, f }' "$log"
+if [ $# -eq 0 ]; then
+    for check in test-quickstart test-packages; do
+        printf '\n==== deploy/%s.sh\n' "$check"
+        if bash "deploy/$check.sh"; then
+            echo "deploy/$check.sh: passed"
+        else
+            echo "deploy/$check.sh: FAILED"
+            rc=1
+        fi
+    done
+fi
 exit "$rc"

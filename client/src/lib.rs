@@ -1,3 +1,4 @@
+pub mod config;
 pub mod engine;
 pub mod fleet;
 pub mod terminal;

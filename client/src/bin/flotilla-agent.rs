@@ -60,6 +60,15 @@ Stock duplicity reads what flotilla-agent writes, and the other way round:
     after_help = AFTER_HELP
 )]
 struct Cli {
+    /// Settings file (TOML: state_dir, passphrase_file, log; see deploy/agent.toml).
+    /// Flags given here win over it. The packaged unit uses /etc/flotilla/agent.toml.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FLOTILLA_AGENT_CONFIG"
+    )]
+    config: Option<PathBuf>,
     /// State directory (signature cache, identity). Default: /var/lib/flotilla-agent as
     /// root, else $XDG_STATE_HOME/flotilla-agent.
     #[arg(long, global = true, env = "FLOTILLA_STATE_DIR")]
@@ -361,13 +370,20 @@ fn main() {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {
-        match cli.verbose {
-            0 => "warn",
-            1 => "info",
-            _ => "debug",
-        }
-        .to_string()
+    let config = match &cli.config {
+        Some(path) => match flotilla_client::config::AgentConfig::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("flotilla-agent: error: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => Default::default(),
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| match cli.verbose {
+        0 => config.log.clone().unwrap_or_else(|| "warn".into()),
+        1 => "info".into(),
+        _ => "debug".into(),
     });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -376,7 +392,7 @@ fn main() {
         // Colour only for people: logs under systemd or in files stay plain text.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(&cli, &matches) {
+    match run(&cli, &config, &matches) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("flotilla-agent: error: {e:#}");
@@ -432,7 +448,12 @@ fn open_store(cli: &Cli, url: &str, rt: &tokio::runtime::Runtime) -> Result<Bloc
 }
 
 /// `enroll` and `run`: the fleet side.
-fn run_fleet(cli: &Cli, rt: &tokio::runtime::Runtime, state_dir: PathBuf) -> Result<i32> {
+fn run_fleet(
+    cli: &Cli,
+    config: &flotilla_client::config::AgentConfig,
+    rt: &tokio::runtime::Runtime,
+    state_dir: PathBuf,
+) -> Result<i32> {
     use flotilla_client::fleet;
     match &cli.command {
         Command::Enroll {
@@ -480,10 +501,10 @@ fn run_fleet(cli: &Cli, rt: &tokio::runtime::Runtime, state_dir: PathBuf) -> Res
             Ok(0)
         }
         Command::Run { passphrase_file } => {
-            let passphrase = match passphrase_file {
+            let passphrase = match passphrase_file.as_ref().or(config.passphrase_file.as_ref()) {
                 Some(f) => Some(Passphrase::new(
                     std::fs::read_to_string(f)
-                        .with_context(|| format!("--passphrase-file {}", f.display()))?
+                        .with_context(|| format!("passphrase file {}", f.display()))?
                         .trim_end_matches(['\n', '\r'])
                         .to_string(),
                 )),
@@ -509,15 +530,23 @@ fn run_fleet(cli: &Cli, rt: &tokio::runtime::Runtime, state_dir: PathBuf) -> Res
     }
 }
 
-fn run(cli: &Cli, matches: &ArgMatches) -> Result<i32> {
+fn run(
+    cli: &Cli,
+    config: &flotilla_client::config::AgentConfig,
+    matches: &ArgMatches,
+) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state_dir = cli
+        .state_dir
+        .clone()
+        .or_else(|| config.state_dir.clone())
+        .unwrap_or_else(default_state_dir);
     if matches!(cli.command, Command::Enroll { .. } | Command::Run { .. }) {
-        return run_fleet(cli, &rt, state_dir);
+        return run_fleet(cli, config, &rt, state_dir);
     }
     let url = match &cli.command {
         Command::Backup { url, .. }
