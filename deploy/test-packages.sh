@@ -104,9 +104,24 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 export FLOTILLA_COORDINATOR_DIR=/var/lib/flotilla FLOTILLA_COORDINATOR=https://127.0.0.1:7443
-token=$(flotilla token create --labels role=package-test --ttl 10m)
-FLOTILLA_ENROLL_TOKEN=$token flotilla-agent --config /etc/flotilla/agent.toml enroll \
-    --coordinator https://127.0.0.1:7443 --ca-cert /var/lib/flotilla/pki/ca.pem --hostname package-test
+# Enroll with deploy/enroll-hosts.sh, as an operator would for many hosts; ssh and scp
+# are stand-ins that run on this machine.
+cat > "$workdir/fake-ssh" <<'SH'
+#!/bin/bash
+# fake-ssh HOST COMMAND: runs COMMAND here.
+exec bash -c "$2"
+SH
+cat > "$workdir/fake-scp" <<'SH'
+#!/bin/bash
+# fake-scp FILE... HOST:DIR: copies here.
+args=("$@"); dest=${args[-1]}; unset 'args[-1]'
+exec cp "${args[@]}" "${dest#*:}"
+SH
+chmod 755 "$workdir/fake-ssh" "$workdir/fake-scp"
+SSH="$workdir/fake-ssh" SCP="$workdir/fake-scp" bash deploy/enroll-hosts.sh \
+    --coordinator https://127.0.0.1:7443 --package "$agent_deb" --labels role=package-test this-host \
+    | tee "$workdir/enroll.log"
+grep -q "1 host(s), 1 enrolled" "$workdir/enroll.log" || fail "enroll-hosts.sh did not enroll the host"
 [ -e /var/lib/flotilla-agent/identity ] || fail "enroll wrote no identity to the configured state_dir"
 flotilla-agent --config /etc/flotilla/agent.toml run >"$workdir/agent.log" 2>&1 &
 agent_pid=$!
@@ -116,8 +131,9 @@ for _ in $(seq 1 100); do
 done
 flotilla hosts
 flotilla hosts --json | grep -q '"connected": *true' || { cat "$workdir/agent.log"; fail "the agent did not connect"; }
-grep -q "connected as package-test" "$workdir/agent.log" || { cat "$workdir/agent.log"; fail "agent log (log = \"info\" from agent.toml)"; }
-ok "coordinator as user flotilla, agent enrolled and connected with /etc/flotilla/agent.toml"
+grep -q "connected as " "$workdir/agent.log" || { cat "$workdir/agent.log"; fail "agent log (log = \"info\" from agent.toml)"; }
+flotilla hosts --json | grep -q '"role": *"package-test"' || fail "the host lacks the labels of enroll-hosts.sh"
+ok "coordinator as user flotilla; agent enrolled by enroll-hosts.sh, connected with /etc/flotilla/agent.toml"
 kill -TERM "$agent_pid"
 wait "$agent_pid" || fail "the agent exited $? on SIGTERM"
 agent_pid=""

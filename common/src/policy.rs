@@ -507,6 +507,17 @@ encrypt_to = ["fleet-2026"]
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../deploy/policies.example.toml");
+        let set = PolicySet::parse("policies.example.toml", text, load)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            set.policies.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["db", "web"]
+        );
+    }
+
+    #[test]
     fn errors_name_the_line() {
         let bad = GOOD
             .replace(r#"schedule = "5 0 * * *""#, r#"schedule = "61 0 * * *""#)
