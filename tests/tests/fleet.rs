@@ -288,6 +288,58 @@ fn outbox_len(a: &Agent) -> usize {
         .unwrap_or(0)
 }
 
+/// systemd stops the agent (SIGTERM) in the middle of a backup: the agent finishes the
+/// set, reports it and exits 0; the catalog has the complete set, and it restores.
+#[test]
+fn agent_stopped_mid_backup_finishes_the_set_and_exits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let b = TreeBuilder::new(root.join("src"));
+    for i in 0..10_000u64 {
+        b.file(format!("d{}/f{i}", i % 50), deterministic_bytes(i, 1024));
+    }
+    let (c, _) = file_fleet(root, "");
+    // About 10 MB at 2 MB/s: the stop arrives mid-backup.
+    apply_file_policy(&c, root, "bandwidth_limit_mb = 2");
+    let pass = [("FLOTILLA_PASSPHRASE", PASSPHRASE)];
+    let mut a = Agent::enroll(&c, root, "stop-a", "role=app", &pass);
+    a.start();
+    c.json(&["backup", &a.host_id]);
+    let id = wait_running(&c, &a.host_id);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        c.jobs(&a.host_id)
+            .iter()
+            .any(|j| j["job_id"] == id.as_str() && job_state(j) == "running"),
+        "the backup ended before the stop: make it slower"
+    );
+    let status = a.terminate(Duration::from_secs(120));
+    assert!(status.success(), "agent exit on SIGTERM: {status}");
+    a.start(); // delivers a result that was still in the outbox, if any
+    let job = wait_for(
+        Duration::from_secs(30),
+        "the stopped agent's result",
+        || {
+            c.jobs(&a.host_id)
+                .into_iter()
+                .find(|j| j["job_id"] == id.as_str() && job_state(j) == "succeeded")
+        },
+    );
+    assert_eq!(
+        job["attempt"], 1,
+        "the job was run again instead of finished: {job}"
+    );
+    let sets = chains(&c, &a.host_id);
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(sets[0].len(), 1, "{sets:?}");
+    let target = root.join("restored");
+    c.admin()
+        .args(["restore", &a.host_id, "--target", target.to_str().unwrap()])
+        .env("FLOTILLA_PASSPHRASE", PASSPHRASE)
+        .run_ok();
+    assert_trees_equal(&root.join("src"), &target);
+}
+
 /// The coordinator is killed during a backup: the agent finishes it, keeps the result,
 /// and delivers it when the coordinator is back; the catalog then has the set, once.
 #[test]
