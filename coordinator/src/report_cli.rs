@@ -3,6 +3,7 @@
 
 use anyhow::{Context as _, Result};
 use flotilla_coordinator::report::{FleetReport, HostStatus, SetMismatch};
+use flotilla_coordinator::report_html::age_text;
 
 /// Days of history the HTML page charts.
 pub const HTML_HISTORY_DAYS: u32 = 30;
@@ -123,15 +124,6 @@ fn storage_table(report: &FleetReport) -> String {
             rows
         )
     )
-}
-
-fn age_text(secs: i64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 2 * 3600 => format!("{}m", s / 60),
-        s if s < 2 * 86400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
 }
 
 fn table(report: &FleetReport) -> String {

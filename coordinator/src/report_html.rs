@@ -44,7 +44,8 @@ fn day(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-fn age_text(secs: i64) -> String {
+/// A duration for people: 90s, 45m, 30h, 12d.
+pub fn age_text(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 2 * 3600 => format!("{}m", s / 60),
