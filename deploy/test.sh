@@ -24,7 +24,12 @@ cd "$(dirname "$0")/.."
 
 bash deploy/install-test-deps.sh
 # Keystone too: the Swift client's v3 authentication is tested against it.
-SWIFT_KEYSTONE=1 bash deploy/services/up.sh
+if ! SWIFT_KEYSTONE=1 bash deploy/services/up.sh; then
+    # A service that fails to start once (seen rarely: memcached) gets one more try.
+    echo "test.sh: the storage services did not come up; stopping them and trying once more" >&2
+    bash deploy/services/down.sh || true
+    SWIFT_KEYSTONE=1 bash deploy/services/up.sh
+fi
 bash deploy/services/install-duplicity.sh
 # shellcheck disable=SC1091
 . deploy/services/env.sh

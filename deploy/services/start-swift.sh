@@ -438,7 +438,8 @@ until check_all; do
          swift-proxy:swift-proxy-server)
   [ "$KEYSTONE" = 1 ] && names+=(keystone:keystone-wsgi-public)
   for name in "${names[@]}"; do
-    if ! pid_alive "${name%%:*}" "${name#*:}"; then
+    # Looked at twice: a process seen between fork and exec is not gone.
+    if ! pid_alive "${name%%:*}" "${name#*:}" && { sleep 1; ! pid_alive "${name%%:*}" "${name#*:}"; }; then
       log "ERROR: ${name%%:*} exited; last lines of $LOGDIR/${name%%:*}.log:"
       tail -n 30 "$LOGDIR/${name%%:*}.log" >&2 || true
       exit 1
