@@ -50,7 +50,7 @@ use flotilla_common::policy::{Policy, PolicySet};
 use flotilla_coordinator::catalog::{
     Catalog, HostRecord, JobKind, JobRecord, JobState, RestoreEvidence, RestoreOutcome, SetRecord,
 };
-use flotilla_coordinator::report::{self, FleetReport, ReportOptions};
+use flotilla_coordinator::report::{self, FleetReport, HostStatus, ReportOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -99,38 +99,16 @@ struct Args {
     flotilla: Option<PathBuf>,
 }
 
-/// What a host is made to look like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Planned {
-    Unprotected,
-    Never,
-    Stale,
-    Failing,
-    Offline,
-    Fresh,
-}
-
-impl Planned {
-    fn of(i: usize) -> Planned {
-        match i % 100 {
-            0 | 1 => Planned::Unprotected,
-            2 => Planned::Never,
-            3..=6 => Planned::Stale,
-            7..=11 => Planned::Failing,
-            12..=14 => Planned::Offline,
-            _ => Planned::Fresh,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Planned::Unprotected => "unprotected",
-            Planned::Never => "never",
-            Planned::Stale => "stale",
-            Planned::Failing => "failing",
-            Planned::Offline => "offline",
-            Planned::Fresh => "fresh",
-        }
+/// The status a host is made to have (2% unprotected, 1% never, 4% stale, 5% failing,
+/// 3% offline, the rest fresh).
+fn planned(i: usize) -> HostStatus {
+    match i % 100 {
+        0 | 1 => HostStatus::Unprotected,
+        2 => HostStatus::Never,
+        3..=6 => HostStatus::Stale,
+        7..=11 => HostStatus::Failing,
+        12..=14 => HostStatus::Offline,
+        _ => HostStatus::Fresh,
     }
 }
 
@@ -154,7 +132,7 @@ fn host_id(i: usize) -> String {
 }
 
 fn role(i: usize) -> &'static str {
-    if Planned::of(i) == Planned::Unprotected {
+    if planned(i) == HostStatus::Unprotected {
         "batch"
     } else {
         ["web", "app", "db"][i % 3]
@@ -237,33 +215,33 @@ fn load(catalog: &Catalog, args: &Args) -> Result<Loaded> {
     let mut hosts = Vec::with_capacity(args.hosts);
     for i in 0..args.hosts {
         let id = host_id(i);
-        let plan = Planned::of(i);
+        let plan = planned(i);
         let r = |salt: u64| mix(i as u64, salt);
         // The newest daily slot: within the last hour, staggered like a jittered schedule.
         let lag = 60 + (r(1) % 3600) as i64;
         let base_end = now
             - lag
             - match plan {
-                Planned::Stale => (3 + (r(2) % 10) as i64) * DAY,
-                Planned::Offline => 2 * 3600 + (r(3) % (20 * 3600)) as i64,
+                HostStatus::Stale => (3 + (r(2) % 10) as i64) * DAY,
+                HostStatus::Offline => 2 * 3600 + (r(3) % (20 * 3600)) as i64,
                 _ => 0,
             };
         let slot_end = |d: usize| base_end - d as i64 * DAY;
         // Day d's backup failed (no set that day): about 3% of days, never the newest
         // (it decides the status); failing hosts fail on day 0 and back up on day 1.
         let failed_day = |d: usize| match plan {
-            Planned::Never => true,
-            Planned::Failing if d == 0 => true,
-            Planned::Failing if d == 1 => false,
+            HostStatus::Never => true,
+            HostStatus::Failing if d == 0 => true,
+            HostStatus::Failing if d == 1 => false,
             _ => d > 0 && mix(i as u64 ^ 0x5eed, d as u64).is_multiple_of(33),
         };
         let wanted_sets = match plan {
-            Planned::Never => 0,
+            HostStatus::Never => 0,
             _ if i % 100 == 99 => 2 * args.sets_per_host,
             _ => args.sets_per_host,
         };
         let jobs = match plan {
-            Planned::Never => args.jobs_per_host.min(3),
+            HostStatus::Never => args.jobs_per_host.min(3),
             _ => args.jobs_per_host,
         };
         // Days with a set, newest first.
@@ -322,33 +300,28 @@ fn load(catalog: &Catalog, args: &Args) -> Result<Loaded> {
             let failed = set.is_none();
             let created_at = end - duration - 40;
             let job = JobRecord {
-                job_id: next_job_id(created_at),
-                host_id: id.clone(),
-                kind: JobKind::Backup,
                 state: if failed {
                     JobState::Failed
                 } else {
                     JobState::Succeeded
                 },
-                created_at,
                 started_at: end - duration,
                 finished_at: end + 2,
                 attempt: if failed { 3 } else { 1 },
-                not_before: 0,
                 scheduled_for: created_at - 5,
-                force_full: false,
-                origin: "schedule".into(),
                 error: if failed {
                     ERRORS[(r(300 + d as u64) % ERRORS.len() as u64) as usize].into()
                 } else {
                     String::new()
                 },
-                note: String::new(),
-                progress: None,
                 set,
-                restore: None,
-                restore_outcome: None,
-                start_by: 0,
+                ..JobRecord::queued(
+                    next_job_id(created_at),
+                    &id,
+                    JobKind::Backup,
+                    "schedule",
+                    created_at,
+                )
             };
             catalog.put_job_unflushed(&job)?;
             n.jobs += 1;
@@ -435,10 +408,10 @@ fn load(catalog: &Catalog, args: &Args) -> Result<Loaded> {
     let versions = ["0.1.0", "0.1.0", "0.1.0", "0.1.1", "0.0.9"];
     let offsets = [0, 3600, 7200, -18_000, -25_200, 19_800, 32_400];
     for (i, base_end, newest_set) in hosts {
-        let plan = Planned::of(i);
+        let plan = planned(i);
         let r = |salt: u64| mix(i as u64, salt);
         let enrolled_at = match plan {
-            Planned::Never => now - 3 * DAY - 7200,
+            HostStatus::Never => now - 3 * DAY - 7200,
             _ => base_end - (args.sets_per_host as i64 * 2 + 5) * DAY,
         };
         let labels: BTreeMap<String, String> = [
@@ -459,7 +432,7 @@ fn load(catalog: &Catalog, args: &Args) -> Result<Loaded> {
             agent_version: versions[(r(40) % versions.len() as u64) as usize].into(),
             enrolled_at,
             last_seen: match plan {
-                Planned::Stale | Planned::Offline => base_end + 30,
+                HostStatus::Stale | HostStatus::Offline => base_end + 30,
                 _ => seen - (r(50) % 30) as i64,
             },
             policy_revision_applied: 1,
@@ -716,11 +689,11 @@ fn main() -> Result<()> {
         mb(apparent),
         catalog_dir.display()
     );
-    let mut planned: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut plan: BTreeMap<&str, usize> = BTreeMap::new();
     for i in 0..counts.hosts as usize {
-        *planned.entry(Planned::of(i).as_str()).or_default() += 1;
+        *plan.entry(planned(i).as_str()).or_default() += 1;
     }
-    println!("planned statuses: {planned:?}");
+    println!("planned statuses: {plan:?}");
 
     // ------------------------------------------------------------ in process
     let n = args.repeat;

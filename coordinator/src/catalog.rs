@@ -186,6 +186,39 @@ pub struct JobRecord {
     pub start_by: i64,
 }
 
+impl JobRecord {
+    /// A new queued job: nothing run yet, no outcome.
+    pub fn queued(
+        job_id: String,
+        host_id: &str,
+        kind: JobKind,
+        origin: &str,
+        created_at: i64,
+    ) -> JobRecord {
+        JobRecord {
+            job_id,
+            host_id: host_id.to_string(),
+            kind,
+            state: JobState::Queued,
+            created_at,
+            started_at: 0,
+            finished_at: 0,
+            attempt: 0,
+            not_before: 0,
+            scheduled_for: 0,
+            force_full: false,
+            origin: origin.to_string(),
+            error: String::new(),
+            note: String::new(),
+            progress: None,
+            set: None,
+            restore: None,
+            restore_outcome: None,
+            start_by: 0,
+        }
+    }
+}
+
 /// A restore job's parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreParams {
@@ -1066,25 +1099,11 @@ mod tests {
 
     fn job(id: &str, host: &str, kind: JobKind, state: JobState, finished_at: i64) -> JobRecord {
         JobRecord {
-            job_id: id.into(),
-            host_id: host.into(),
-            kind,
             state,
-            created_at: finished_at - 10,
             started_at: finished_at - 5,
             finished_at,
             attempt: 1,
-            not_before: 0,
-            scheduled_for: 0,
-            force_full: false,
-            origin: "test".into(),
-            error: String::new(),
-            note: String::new(),
-            progress: None,
-            set: None,
-            restore: None,
-            restore_outcome: None,
-            start_by: 0,
+            ..JobRecord::queued(id.into(), host, kind, "test", finished_at - 10)
         }
     }
 

@@ -887,27 +887,13 @@ impl Fleet {
 
     fn new_job(&self, host_id: &str, kind: JobKind, origin: &str) -> Result<JobRecord, FleetError> {
         let t = chrono::Utc::now();
-        Ok(JobRecord {
-            job_id: self.catalog.new_job_id(t.timestamp_millis())?,
-            host_id: host_id.to_string(),
+        Ok(JobRecord::queued(
+            self.catalog.new_job_id(t.timestamp_millis())?,
+            host_id,
             kind,
-            state: JobState::Queued,
-            created_at: t.timestamp(),
-            started_at: 0,
-            finished_at: 0,
-            attempt: 0,
-            not_before: 0,
-            scheduled_for: 0,
-            force_full: false,
-            origin: origin.to_string(),
-            error: String::new(),
-            note: String::new(),
-            progress: None,
-            set: None,
-            restore: None,
-            restore_outcome: None,
-            start_by: 0,
-        })
+            origin,
+            t.timestamp(),
+        ))
     }
 
     fn save_job(&self, job: &JobRecord) -> Result<(), FleetError> {

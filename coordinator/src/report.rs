@@ -664,25 +664,12 @@ mod tests {
         }
         c.put_set(&set("h2", "full", 0, 3 * D, 1)).unwrap();
         let job = |id: &str, state: JobState, finished_at: i64, error: &str| JobRecord {
-            job_id: id.into(),
-            host_id: "h".into(),
-            kind: JobKind::Backup,
             state,
-            created_at: finished_at - 100,
             started_at: finished_at - 60,
             finished_at,
             attempt: 1,
-            not_before: 0,
-            scheduled_for: 0,
-            force_full: false,
-            origin: String::new(),
             error: error.into(),
-            note: String::new(),
-            progress: None,
-            set: None,
-            restore: None,
-            restore_outcome: None,
-            start_by: 0,
+            ..JobRecord::queued(id.into(), "h", JobKind::Backup, "", finished_at - 100)
         };
         c.put_job(&job("j1", JobState::Succeeded, 14 * D + 5, ""))
             .unwrap();

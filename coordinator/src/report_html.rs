@@ -462,19 +462,12 @@ fn storage_section(h: &mut String, check: &crate::report::StorageCheck) {
                 escape(e)
             );
         }
-        for m in &c.missing_from_storage {
+        let listed = (c.missing_from_storage.iter().map(|m| (m, " class=\"err\"")))
+            .chain(c.missing_from_catalog.iter().map(|m| (m, "")));
+        for (m, class) in listed {
             let _ = write!(
                 problems,
-                "<div class=\"err\">{} {}: {}</div>",
-                m.kind,
-                utc(m.end_time),
-                escape(&m.problem)
-            );
-        }
-        for m in &c.missing_from_catalog {
-            let _ = write!(
-                problems,
-                "<div>{} {}: {}</div>",
+                "<div{class}>{} {}: {}</div>",
                 m.kind,
                 utc(m.end_time),
                 escape(&m.problem)
