@@ -826,6 +826,8 @@ def tool_version(cmd: list[str], env=None) -> str:
 class Tool:
     name = "?"
     settings = ""
+    # Takes part in the restore step only (the cp -a floor).
+    restore_only = False
 
     def __init__(self, base: str, args):
         self.root = os.path.join(base, self.name)
@@ -1015,7 +1017,29 @@ class Borg(Tool):
         return ["borg", "extract", f"{self.store}::day{self.n}"], target
 
 
-TOOLS = {"flotilla": Flotilla, "duplicity": Duplicity, "restic": Restic, "borg": Borg}
+class CopyFloor(Tool):
+    """`cp -a` of the source tree: the write floor a restore is held against. Takes part
+    in the restore step only, in turn with the other tools."""
+    name = "cp-a"
+    settings = "`cp -a SRC/. TARGET` on the same disk (restore step only: the floor for writing the tree)"
+    restore_only = True
+
+    def __init__(self, base, args):
+        super().__init__(base, args)
+        self.src = None
+
+    def version(self):
+        return tool_version(["cp", "--version"])
+
+    def warm_paths(self):
+        return [self.src] if self.src else []
+
+    def cmd_restore(self, target):
+        return ["cp", "-a", "--", os.path.join(self.src, "."), target], None
+
+
+TOOLS = {"flotilla": Flotilla, "duplicity": Duplicity, "restic": Restic, "borg": Borg,
+         "cp-a": CopyFloor}
 
 
 # ----------------------------------------------------------------------------------------
@@ -1145,6 +1169,11 @@ def print_tables(summary: dict, tool_names: list[str], repeat: int):
             print(f"{t:<10} {fmt(s['wall']):>8} {fmt(s['cpu']):>8} {fmt(s['rss_mb'], '.1f'):>11} "
                   f"{fmt(s['stored_mb'], '.1f'):>10} {fmt(s['cache_mb'], '.1f'):>9} {rw:>7} {rc:>6} {rr:>6}  "
                   f"{s['status']}{spread}")
+    floor = summary.get("restore", {}).get("cp-a")
+    flo = summary.get("restore", {}).get("flotilla")
+    if floor and flo and floor.get("wall") and flo.get("wall"):
+        print(f"\nrestore vs the write floor: flotilla {flo['wall']:.2f}s / cp -a {floor['wall']:.2f}s = "
+              f"{flo['wall'] / floor['wall']:.2f}x")
     print()
     print("ratios = peer / flotilla (wall, CPU user+sys, peak RSS): 5.0x means flotilla is 5 times "
           "faster / uses 5 times less; '-' when flotilla has no successful figure for the step.")
@@ -1215,7 +1244,7 @@ def cmd_run(args) -> int:
         for t in active:
             tools[t].prepare(rep)
         for t in skipped:
-            for step in ("full", "incremental", "restore"):
+            for step in (("restore",) if TOOLS[t].restore_only else ("full", "incremental", "restore")):
                 results.append(dict(repeat=rep, step=step, tool=t, ok=False, skipped=True,
                                     status=f"skipped: {skipped[t]}", wall=None, cpu=None, rss_mb=None,
                                     stored_mb=None, cache_mb=None))
@@ -1234,6 +1263,10 @@ def cmd_run(args) -> int:
                 order = active if step_counter % 2 == 0 else list(reversed(active))
                 step_counter += 1
                 for t in order:
+                    if tools[t].restore_only:
+                        if step != "restore":
+                            continue
+                        tools[t].src = src
                     results.append(run_step(tools[t], step, src, src_manifest, rep, timeout))
         finally:
             for t in active:
@@ -1287,7 +1320,7 @@ def run_step(tool: Tool, step: str, src: str, src_manifest, rep: int, timeout) -
             target = os.path.join(tool.base, "restore")
             os.makedirs(target)
             cmd, cwd = tool.cmd_restore(target)
-            wp = [tool.store, tool.cache]
+            wp = tool.warm_paths()
         else:
             cmd, cwd = tool.cmd_backup(src, step == "full")
             wp = [src, tool.store, tool.cache]
@@ -1885,7 +1918,7 @@ def main(argv=None) -> int:
     r.add_argument("--profile", choices=list(PROFILES), default="medium")
     r.add_argument("--work", default=os.path.join(REPO_ROOT, "bench", "work"),
                    help="work dir (datasets cache, stores, restores); default bench/work")
-    r.add_argument("--tools", default="flotilla,duplicity,restic,borg")
+    r.add_argument("--tools", default="flotilla,duplicity,restic,borg,cp-a")
     r.add_argument("--repeat", type=int, default=1)
     r.add_argument("--json", help="write all figures to this JSON file")
     r.add_argument("--flotilla-bin", default=os.path.join(REPO_ROOT, "target", "release", "flotilla-agent"))

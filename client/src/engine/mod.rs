@@ -20,6 +20,7 @@ pub mod sigstate;
 pub mod verify;
 pub mod volumes;
 pub mod walk;
+mod writeout;
 
 pub use error::{EngineError, Result};
 

@@ -12,6 +12,7 @@ use super::Context;
 use super::codec::open_object;
 use super::error::{EngineError, Result};
 use super::owners::Owners;
+use super::writeout::{FinalMeta, Job, SMALL_FILE, Writers, apply_meta_fd, create_new_file};
 use flotilla_common::archive::entry::{EntryKind, EntryName};
 use flotilla_common::archive::rsync::apply_delta;
 use flotilla_common::archive::tarfmt::{self, TarHeader, TarReader};
@@ -21,15 +22,18 @@ use flotilla_common::archive::{
 use flotilla_common::crypto::DecryptionKeys;
 use flotilla_common::storage::BlockingStore;
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
 
 const FEED_CHUNK: usize = 256 * 1024;
+/// Threads creating small files (see `writeout`).
+const WRITER_THREADS: usize = 2;
 /// Chunks buffered per set stream (bounded memory per set).
 const FEED_DEPTH: usize = 16;
 
@@ -681,7 +685,16 @@ struct StagingSink {
     buf: Vec<u8>,
     /// Top-level directories whose metadata waits for the final move.
     deferred: Vec<(Index, FileMeta)>,
+    /// Create small files and symlinks in parallel.
+    writers: Writers,
+    /// Closed directories whose final metadata waits for the files handed to the writers
+    /// before they were closed: (jobs submitted at the close, path, metadata).
+    closed_dirs: VecDeque<(u64, PathBuf, FileMeta)>,
 }
+
+/// Closed directories waiting for their files beyond which the merge waits for the
+/// writers (bounds `closed_dirs`).
+const MAX_WAITING_DIRS: usize = 4096;
 
 impl StagingSink {
     fn path_of(&self, index: &Index) -> PathBuf {
@@ -717,27 +730,46 @@ impl StagingSink {
         }
     }
 
-    /// [`Self::apply_meta`] for a regular file still open.
-    fn apply_meta_fd(&mut self, f: &File, meta: &FileMeta) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        if self.restore_owner {
+    /// The owner to set on a restored path, if owners are restored.
+    fn owner_to_set(&mut self, meta: &FileMeta) -> Option<(u32, u32)> {
+        self.restore_owner.then(|| {
             let (uid, gid) = self.owner_ids(meta);
-            std::os::unix::fs::fchown(f, Some(uid as u32), Some(gid as u32))?;
+            (uid as u32, gid as u32)
+        })
+    }
+
+    fn final_meta(&mut self, meta: &FileMeta) -> FinalMeta {
+        FinalMeta {
+            perms: meta.perms,
+            mtime: meta.mtime,
+            owner: self.owner_to_set(meta),
         }
-        f.set_permissions(std::fs::Permissions::from_mode(meta.perms))?;
-        let times = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_NOW,
-            },
-            libc::timespec {
-                tv_sec: meta.mtime as libc::time_t,
-                tv_nsec: 0,
-            },
-        ];
-        // SAFETY: a valid open descriptor and a 2-element timespec array.
-        if unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) } != 0 {
-            return Err(io::Error::last_os_error());
+    }
+
+    /// A directory is complete: its metadata is applied once the writers wrote every file
+    /// handed to them so far (a mode without write permission would stop them, and a
+    /// new file would change its mtime).
+    fn close_dir(&mut self, path: PathBuf, meta: FileMeta) -> Result<()> {
+        self.closed_dirs
+            .push_back((self.writers.submitted(), path, meta));
+        if self.closed_dirs.len() > MAX_WAITING_DIRS {
+            self.writers.wait_all()?;
+        }
+        let done = self.writers.done();
+        while self.closed_dirs.front().is_some_and(|(n, _, _)| *n <= done) {
+            let (_, path, meta) = self.closed_dirs.pop_front().expect("non-empty");
+            self.apply_meta(&path, &meta)
+                .map_err(|e| EngineError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the writers and applies the metadata of every closed directory.
+    fn settle(&mut self) -> Result<()> {
+        self.writers.wait_all()?;
+        while let Some((_, path, meta)) = self.closed_dirs.pop_front() {
+            self.apply_meta(&path, &meta)
+                .map_err(|e| EngineError::io(&path, e))?;
         }
         Ok(())
     }
@@ -754,14 +786,15 @@ impl StagingSink {
                 self.deferred.push((index, meta));
                 continue;
             }
-            self.apply_meta(&path, &meta)
-                .map_err(|e| EngineError::io(&path, e))?;
+            self.close_dir(path, meta)?;
         }
         Ok(())
     }
 
-    /// Applies the final metadata of open directories deeper than `depth`.
+    /// Waits for the writers, then applies the final metadata of every closed directory
+    /// and of the open ones deeper than `depth`.
     fn close_dirs_deeper_than(&mut self, depth: usize) -> Result<()> {
+        self.settle()?;
         while self.dirs.last().is_some_and(|(i, _, _)| i.depth() > depth) {
             let (_, path, meta) = self.dirs.pop().expect("non-empty");
             self.apply_meta(&path, &meta)
@@ -852,7 +885,23 @@ impl TreeSink for StagingSink {
                     std::fs::rename(&scratch, &path).map_err(io_err)?;
                 }
                 Content::Stream(r) => {
+                    let read_err = |e| EngineError::from_object_io(&index.display(), e);
+                    let mut head = self.writers.buffer();
+                    r.take(SMALL_FILE as u64)
+                        .read_to_end(&mut head)
+                        .map_err(read_err)?;
+                    if head.len() < SMALL_FILE {
+                        let meta = self.final_meta(meta);
+                        return self.writers.submit(Job::File {
+                            path,
+                            data: head,
+                            meta,
+                        });
+                    }
+                    // A large file: streamed here.
                     let mut f = create_new_file(&path).map_err(io_err)?;
+                    f.write_all(&head).map_err(io_err)?;
+                    drop(head);
                     if self.buf.is_empty() {
                         self.buf = vec![0u8; 1 << 20];
                     }
@@ -867,15 +916,22 @@ impl TreeSink for StagingSink {
                         f.write_all(&self.buf[..n]).map_err(io_err)?;
                     }
                     // Metadata through the open descriptor: no more path lookups.
-                    return self.apply_meta_fd(&f, meta).map_err(io_err);
+                    let meta = self.final_meta(meta);
+                    return apply_meta_fd(&f, &meta).map_err(io_err);
                 }
                 Content::None => {
-                    create_new_file(&path).map_err(io_err)?;
+                    let data = self.writers.buffer();
+                    let meta = self.final_meta(meta);
+                    return self.writers.submit(Job::File { path, data, meta });
                 }
             },
             FileKind::Symlink => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(&meta.link_target), &path)
-                    .map_err(io_err)?;
+                let owner = self.owner_to_set(meta);
+                return self.writers.submit(Job::Symlink {
+                    path,
+                    target: meta.link_target.clone(),
+                    owner,
+                });
             }
             FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice => {
                 let c = to_cstring(&path).map_err(io_err)?;
@@ -903,16 +959,6 @@ impl TreeSink for StagingSink {
         self.apply_meta(&path, meta)
             .map_err(|e| EngineError::io(&path, e))
     }
-}
-
-/// A new file, never through a symlink, owner-only until its metadata is set.
-fn create_new_file(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
 }
 
 /// Removes whatever is at `path` (a directory with its contents); absent is fine.
@@ -1007,6 +1053,8 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         warnings: Vec::new(),
         buf: Vec::new(),
         deferred: Vec::new(),
+        writers: Writers::new(WRITER_THREADS),
+        closed_dirs: VecDeque::new(),
     };
     let result = (|| -> Result<(TreeStats, PathBuf)> {
         std::fs::create_dir(&staging).map_err(|e| EngineError::io(&staging, e))?;
