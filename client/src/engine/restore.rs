@@ -805,7 +805,7 @@ impl StagingSink {
 
     /// The parent of `path` must be a directory this restore created (never a symlink
     /// from the archive, which could point outside the target).
-    fn check_parent(&self, index: &Index, path: &Path) -> Result<()> {
+    fn check_parent(&mut self, index: &Index, path: &Path) -> Result<()> {
         let Some(parent_index) = index.parent() else {
             return Ok(());
         };
@@ -816,6 +816,9 @@ impl StagingSink {
         {
             return Ok(());
         }
+        // What the writers were given must be on disk before the parent is looked at
+        // (a symlink handed out just before its would-be child).
+        self.writers.wait_all()?;
         let parent = path.parent().expect("has parent");
         match std::fs::symlink_metadata(parent) {
             Ok(md) if md.is_dir() && !md.file_type().is_symlink() => Ok(()),

@@ -158,6 +158,16 @@ impl BasisSignature {
     }
 }
 
+/// The librsync delta of one chunk of a file on its own (magic, commands, END), for
+/// [`DeltaWriter::append`].
+pub fn diff_chunk(
+    index: &IndexedSignature<'_>,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), RsyncError> {
+    fast_rsync::diff(index, data, out).map_err(|e| RsyncError::BadSignature(e.to_string()))
+}
+
 /// Computes a delta chunk by chunk and writes one spliced librsync delta to `out`.
 pub struct DeltaWriter<'a, W: Write> {
     index: &'a IndexedSignature<'a>,
@@ -178,14 +188,22 @@ impl<'a, W: Write> DeltaWriter<'a, W> {
 
     /// Diffs one chunk of the new data (chunks are consecutive parts of the file).
     pub fn chunk(&mut self, data: &[u8]) -> Result<(), RsyncError> {
-        self.scratch.clear();
-        fast_rsync::diff(self.index, data, &mut self.scratch)
-            .map_err(|e| RsyncError::BadSignature(e.to_string()))?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        diff_chunk(self.index, data, &mut scratch)?;
+        let r = self.append(&scratch);
+        self.scratch = scratch;
+        r
+    }
+
+    /// Appends the [`diff_chunk`] of the next chunk, computed elsewhere (several chunks
+    /// may be diffed in parallel, see the backup engine).
+    pub fn append(&mut self, chunk_delta: &[u8]) -> Result<(), RsyncError> {
         // Strip the END byte, and the magic of every chunk but the first.
-        let end = self.scratch.len() - 1;
+        let end = chunk_delta.len() - 1;
         let start = if self.started { 4 } else { 0 };
         self.started = true;
-        self.out.write_all(&self.scratch[start..end])?;
+        self.out.write_all(&chunk_delta[start..end])?;
         Ok(())
     }
 
