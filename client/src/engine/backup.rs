@@ -221,6 +221,8 @@ fn parallel_delta<W: Write>(
     use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::sync::mpsc::{channel, sync_channel};
+    /// A chunk's delta (or why it failed) and the chunk's buffer, for reuse.
+    type Diffed = (std::result::Result<Vec<u8>, RsyncError>, Vec<u8>);
     type Done = (u64, std::result::Result<Vec<u8>, RsyncError>, Vec<u8>);
     let (job_tx, job_rx) = sync_channel::<(u64, Vec<u8>)>(threads);
     let job_rx = Mutex::new(job_rx);
@@ -244,8 +246,7 @@ fn parallel_delta<W: Write>(
         drop(done_tx);
         let max_in_flight = threads + 2;
         let mut free: Vec<Vec<u8>> = Vec::new();
-        let mut ready: BTreeMap<u64, (std::result::Result<Vec<u8>, RsyncError>, Vec<u8>)> =
-            BTreeMap::new();
+        let mut ready: BTreeMap<u64, Diffed> = BTreeMap::new();
         let (mut sent, mut written, mut len) = (0u64, 0u64, 0u64);
         let mut read_error = None;
         // Appends finished chunk deltas in order; `block` waits for the next one.
@@ -254,10 +255,8 @@ fn parallel_delta<W: Write>(
                            free: &mut Vec<Vec<u8>>,
                            written: &mut u64|
          -> std::result::Result<(), RsyncError> {
-            if block {
-                if let Ok((seq, r, data)) = done_rx.recv() {
-                    ready.insert(seq, (r, data));
-                }
+            if block && let Ok((seq, r, data)) = done_rx.recv() {
+                ready.insert(seq, (r, data));
             }
             while let Ok((seq, r, data)) = done_rx.try_recv() {
                 ready.insert(seq, (r, data));
@@ -430,7 +429,7 @@ impl Run<'_> {
                         &mut delta,
                         &mut sig,
                         self.delta_threads,
-                        &self.progress,
+                        self.progress,
                     )
                     .map_err(|e| EngineError::from((name(), e)))?;
                     len += n;
