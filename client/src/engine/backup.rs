@@ -203,7 +203,7 @@ const READ_CHUNK: usize = 1 << 20;
 /// a match across a chunk boundary costs at most one block of literal data).
 const DELTA_CHUNK: usize = 8 << 20;
 /// Chunks of a large changed file diffed in parallel (at most `threads + 2` in memory).
-const PARALLEL_DELTA_CHUNK: usize = 4 << 20;
+const PARALLEL_DELTA_CHUNK: usize = 2 << 20;
 
 /// Diffs a large changed file against its basis on `threads` threads, chunk by chunk,
 /// while this thread reads the file and builds its new signature; the chunk deltas are

@@ -9,7 +9,7 @@
 //! leaves the target as it was.
 
 use super::Context;
-use super::codec::open_object;
+use super::codec::open_object_prefetched;
 use super::error::{EngineError, Result};
 use super::owners::Owners;
 use super::writeout::{FinalMeta, Job, SMALL_FILE, Writers, apply_meta_fd, create_new_file};
@@ -29,6 +29,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 const FEED_CHUNK: usize = 256 * 1024;
@@ -101,7 +102,7 @@ fn spawn_feed(
         .spawn(move || {
             for (obj, expected) in volumes {
                 let result = (|| -> Result<()> {
-                    let (mut r, hash) = open_object(&store, &obj, &keys)?;
+                    let (mut r, hash) = open_object_prefetched(&store, &obj, &keys)?;
                     loop {
                         let mut chunk = vec![0u8; FEED_CHUNK];
                         let mut n = 0;
@@ -682,18 +683,24 @@ struct StagingSink {
     numeric_owner: bool,
     root_kind: Option<FileKind>,
     warnings: Vec<String>,
-    buf: Vec<u8>,
     /// Top-level directories whose metadata waits for the final move.
     deferred: Vec<(Index, FileMeta)>,
     /// Create small files and symlinks in parallel.
     writers: Writers,
     /// Closed directories whose final metadata waits for the files handed to the writers
     /// before they were closed: (jobs submitted at the close, path, metadata).
-    closed_dirs: VecDeque<(u64, PathBuf, FileMeta)>,
+    closed_dirs: VecDeque<(u64, Completed)>,
 }
 
-/// Closed directories waiting for their files beyond which the merge waits for the
-/// writers (bounds `closed_dirs`).
+/// A directory or large file whose content is complete once the writers catch up.
+enum Completed {
+    Dir(PathBuf, FileMeta),
+    /// A large file written in pieces by the writers: its metadata goes last.
+    File(Arc<File>, PathBuf, FinalMeta),
+}
+
+/// Closed directories and files waiting for the writers beyond which the merge waits
+/// for them (bounds `closed_dirs`).
 const MAX_WAITING_DIRS: usize = 4096;
 
 impl StagingSink {
@@ -746,30 +753,42 @@ impl StagingSink {
         }
     }
 
-    /// A directory is complete: its metadata is applied once the writers wrote every file
-    /// handed to them so far (a mode without write permission would stop them, and a
-    /// new file would change its mtime).
-    fn close_dir(&mut self, path: PathBuf, meta: FileMeta) -> Result<()> {
-        self.closed_dirs
-            .push_back((self.writers.submitted(), path, meta));
+    /// A directory (or a large file) is complete: its metadata is applied once the
+    /// writers wrote everything handed to them so far (a directory mode without write
+    /// permission would stop them, and a new file or a late write would change an mtime).
+    fn complete(&mut self, what: Completed) -> Result<()> {
+        self.closed_dirs.push_back((self.writers.submitted(), what));
         if self.closed_dirs.len() > MAX_WAITING_DIRS {
             self.writers.wait_all()?;
         }
         let done = self.writers.done();
-        while self.closed_dirs.front().is_some_and(|(n, _, _)| *n <= done) {
-            let (_, path, meta) = self.closed_dirs.pop_front().expect("non-empty");
-            self.apply_meta(&path, &meta)
-                .map_err(|e| EngineError::io(&path, e))?;
+        while self.closed_dirs.front().is_some_and(|(n, _)| *n <= done) {
+            let (_, what) = self.closed_dirs.pop_front().expect("non-empty");
+            self.apply_completed(what)?;
         }
         Ok(())
     }
 
-    /// Waits for the writers and applies the metadata of every closed directory.
+    fn close_dir(&mut self, path: PathBuf, meta: FileMeta) -> Result<()> {
+        self.complete(Completed::Dir(path, meta))
+    }
+
+    fn apply_completed(&mut self, what: Completed) -> Result<()> {
+        match what {
+            Completed::Dir(path, meta) => self
+                .apply_meta(&path, &meta)
+                .map_err(|e| EngineError::io(&path, e)),
+            Completed::File(file, path, meta) => {
+                apply_meta_fd(&file, &meta).map_err(|e| EngineError::io(&path, e))
+            }
+        }
+    }
+
+    /// Waits for the writers and applies the metadata of everything completed.
     fn settle(&mut self) -> Result<()> {
         self.writers.wait_all()?;
-        while let Some((_, path, meta)) = self.closed_dirs.pop_front() {
-            self.apply_meta(&path, &meta)
-                .map_err(|e| EngineError::io(&path, e))?;
+        while let Some((_, what)) = self.closed_dirs.pop_front() {
+            self.apply_completed(what)?;
         }
         Ok(())
     }
@@ -901,26 +920,31 @@ impl TreeSink for StagingSink {
                             meta,
                         });
                     }
-                    // A large file: streamed here.
-                    let mut f = create_new_file(&path).map_err(io_err)?;
-                    f.write_all(&head).map_err(io_err)?;
-                    drop(head);
-                    if self.buf.is_empty() {
-                        self.buf = vec![0u8; 1 << 20];
-                    }
-                    // Reads come in large pieces already: write them straight through.
+                    // A large file: created here, its pieces written by the writers at
+                    // their offsets (copying into the page cache is most of a restore's
+                    // CPU time; this way both cores do it).
+                    let file = Arc::new(create_new_file(&path).map_err(io_err)?);
+                    let mut offset = 0u64;
+                    let mut piece = head;
                     loop {
-                        let n = match r.read(&mut self.buf) {
-                            Ok(0) => break,
-                            Ok(n) => n,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            Err(e) => return Err(EngineError::from_object_io(&index.display(), e)),
-                        };
-                        f.write_all(&self.buf[..n]).map_err(io_err)?;
+                        let n = piece.len() as u64;
+                        self.writers.submit(Job::WriteAt {
+                            file: Arc::clone(&file),
+                            path: path.clone(),
+                            offset,
+                            data: piece,
+                        })?;
+                        offset += n;
+                        piece = self.writers.buffer();
+                        r.take(SMALL_FILE as u64)
+                            .read_to_end(&mut piece)
+                            .map_err(read_err)?;
+                        if piece.is_empty() {
+                            break;
+                        }
                     }
-                    // Metadata through the open descriptor: no more path lookups.
                     let meta = self.final_meta(meta);
-                    return apply_meta_fd(&f, &meta).map_err(io_err);
+                    return self.complete(Completed::File(file, path, meta));
                 }
                 Content::None => {
                     let data = self.writers.buffer();
@@ -1054,7 +1078,6 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         numeric_owner: opts.numeric_owner,
         root_kind: None,
         warnings: Vec::new(),
-        buf: Vec::new(),
         deferred: Vec::new(),
         writers: Writers::new(WRITER_THREADS),
         closed_dirs: VecDeque::new(),

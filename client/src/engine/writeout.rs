@@ -1,10 +1,11 @@
-//! Restored files created by writer threads.
+//! Restored files created and written by writer threads.
 //!
 //! Creating an inode is most of a restore's cost on a local disk (ext4 spends it in
 //! `ext4_create`, mostly in the inode allocator) and one thread creates one file at a time.
 //! So the restore's merge hands small files, empty files and symlinks, with their content
-//! and final metadata, to a few writer threads and goes on reading the archive; large files
-//! are streamed by the merge itself. Directories stay on the merge's thread (children need
+//! and final metadata, to a few writer threads and goes on reading the archive. Large files
+//! are created by the merge and written by the writers in pieces at their offsets (copying
+//! data into the page cache is the other big cost); their metadata follows the last piece. Directories stay on the merge's thread (children need
 //! them to exist), and a directory's final metadata waits until every file handed out
 //! before it was closed is written (see [`Writers::submitted`] and [`Writers::done`]).
 //!
@@ -20,9 +21,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Files up to this size are handed to the writer threads whole.
-pub(crate) const SMALL_FILE: usize = 256 * 1024;
+pub(crate) const SMALL_FILE: usize = 128 * 1024;
 /// Jobs queued for the writer threads.
-const QUEUE: usize = 64;
+const QUEUE: usize = 32;
+/// Emptied buffers kept for reuse.
+const RECYCLED: usize = 8;
 
 /// Metadata a restored file gets once its content is written.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +46,14 @@ pub(crate) enum Job {
         path: PathBuf,
         target: Vec<u8>,
         owner: Option<(u32, u32)>,
+    },
+    /// A piece of a large file the caller created (and finishes once its pieces are
+    /// written).
+    WriteAt {
+        file: Arc<File>,
+        path: PathBuf,
+        offset: u64,
+        data: Vec<u8>,
     },
 }
 
@@ -76,7 +87,7 @@ pub(crate) struct Writers {
 impl Writers {
     pub(crate) fn new(threads: usize) -> Writers {
         let (tx, rx) = sync_channel::<(u64, Job)>(QUEUE);
-        let (recycle_tx, recycled) = sync_channel::<Vec<u8>>(QUEUE + threads + 2);
+        let (recycle_tx, recycled) = sync_channel::<Vec<u8>>(RECYCLED);
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared::default());
         let handles = (0..threads.max(1))
@@ -210,6 +221,19 @@ fn run(job: Job, recycle: &SyncSender<Vec<u8>>) -> Result<()> {
             let mut f = create_new_file(&path).map_err(io_err)?;
             f.write_all(&data).map_err(io_err)?;
             apply_meta_fd(&f, &meta).map_err(io_err)?;
+            data.clear();
+            let _ = recycle.try_send(data);
+            Ok(())
+        }
+        Job::WriteAt {
+            file,
+            path,
+            offset,
+            mut data,
+        } => {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&data, offset)
+                .map_err(|e| EngineError::io(&path, e))?;
             data.clear();
             let _ = recycle.try_send(data);
             Ok(())

@@ -71,8 +71,15 @@ impl RateLimit {
 
 /// Size of the pieces handed to the object store writer.
 const WRITE_CHUNK: usize = 1 << 20;
-/// Multipart part size / single-put threshold.
+/// Multipart part size / single-put threshold, and parts in flight, for remote stores:
+/// large parts in parallel keep a long link busy.
 const UPLOAD_BUFFER: usize = 8 << 20;
+const UPLOAD_CONCURRENCY: usize = 4;
+/// The same for a local directory, where a part is written as fast as it comes: small
+/// parts keep a backup's memory low (each object being written holds up to
+/// (concurrency + 1) parts).
+const LOCAL_UPLOAD_BUFFER: usize = 2 << 20;
+const LOCAL_UPLOAD_CONCURRENCY: usize = 1;
 
 impl BlockingStore {
     pub fn new(store: Arc<dyn ObjectStore>, rt: Handle, label: impl Into<String>) -> Self {
@@ -211,8 +218,13 @@ impl BlockingStore {
     /// A writer that uploads one object; it appears only when [`ObjectWriter::finish`]
     /// succeeds (dropping the writer aborts the upload).
     pub fn put_writer(&self, name: &str) -> ObjectWriter {
-        let w = BufWriter::with_capacity(self.store.clone(), ObjectPath::from(name), UPLOAD_BUFFER)
-            .with_max_concurrency(4);
+        let (part, concurrency) = if self.local_dir.is_some() {
+            (LOCAL_UPLOAD_BUFFER, LOCAL_UPLOAD_CONCURRENCY)
+        } else {
+            (UPLOAD_BUFFER, UPLOAD_CONCURRENCY)
+        };
+        let w = BufWriter::with_capacity(self.store.clone(), ObjectPath::from(name), part)
+            .with_max_concurrency(concurrency);
         ObjectWriter {
             inner: Some(w),
             rt: self.rt.clone(),
