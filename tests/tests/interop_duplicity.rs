@@ -1189,7 +1189,7 @@ fn large_file_deltas_made_in_parallel_restore_with_duplicity() {
     s.backup(&src, T1, &[]).assert_success();
     copy_tree(&src, &env.path("exp1"));
 
-    // Pages rewritten in place, one of them across a 2 MiB chunk boundary, and an append.
+    // Pages rewritten in place, one of them across a 1 MiB chunk boundary, and an append.
     let mut changed = original.clone();
     for (at, seed) in [(100_000, 31), ((4 << 20) - 3_000, 32), (17 << 20, 33)] {
         changed[at..at + 8_192].copy_from_slice(&deterministic_bytes(seed, 8_192));

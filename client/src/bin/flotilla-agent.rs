@@ -385,6 +385,13 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 }
 
 fn main() {
+    // glibc gives each thread that allocates its own malloc arena and keeps what they
+    // free: with the compression, encryption and writer threads that was about 10 MB of
+    // a backup's peak memory. Two arenas are enough for this many threads.
+    // SAFETY: called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,

@@ -202,8 +202,9 @@ const READ_CHUNK: usize = 1 << 20;
 /// New data is diffed against the old signature in chunks of this size (memory bound;
 /// a match across a chunk boundary costs at most one block of literal data).
 const DELTA_CHUNK: usize = 8 << 20;
-/// Chunks of a large changed file diffed in parallel (at most `threads + 2` in memory).
-const PARALLEL_DELTA_CHUNK: usize = 2 << 20;
+/// Chunks of a large changed file diffed in parallel (at most `threads + 1` in memory; a
+/// match across a chunk boundary is sent as literal data, about 0.2% of the file).
+const PARALLEL_DELTA_CHUNK: usize = 1 << 20;
 
 /// Diffs a large changed file against its basis on `threads` threads, chunk by chunk,
 /// while this thread reads the file and builds its new signature; the chunk deltas are
@@ -244,7 +245,7 @@ fn parallel_delta<W: Write>(
             });
         }
         drop(done_tx);
-        let max_in_flight = threads + 2;
+        let max_in_flight = threads + 1;
         let mut free: Vec<Vec<u8>> = Vec::new();
         let mut ready: BTreeMap<u64, Diffed> = BTreeMap::new();
         let (mut sent, mut written, mut len) = (0u64, 0u64, 0u64);

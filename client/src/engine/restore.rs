@@ -30,7 +30,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 const FEED_CHUNK: usize = 256 * 1024;
 /// Threads creating small files (see `writeout`).
@@ -48,6 +48,7 @@ enum Msg {
 /// EOF at each volume's end until [`Feed::next_volume`].
 struct Feed {
     rx: Receiver<Msg>,
+    recycle: SyncSender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
     at_end: bool,
@@ -67,7 +68,8 @@ impl Read for Feed {
             }
             match self.rx.recv() {
                 Ok(Msg::Data(d)) => {
-                    self.buf = d;
+                    let used = std::mem::replace(&mut self.buf, d);
+                    let _ = self.recycle.try_send(used);
                     self.pos = 0;
                 }
                 Ok(Msg::End(Ok(()))) => {
@@ -97,6 +99,7 @@ fn spawn_feed(
     keys: DecryptionKeys,
 ) -> Feed {
     let (tx, rx) = sync_channel::<Msg>(FEED_DEPTH);
+    let (recycle, recycled) = sync_channel::<Vec<u8>>(4);
     std::thread::Builder::new()
         .name("volume-reader".into())
         .spawn(move || {
@@ -104,7 +107,10 @@ fn spawn_feed(
                 let result = (|| -> Result<()> {
                     let (mut r, hash) = open_object_prefetched(&store, &obj, &keys)?;
                     loop {
-                        let mut chunk = vec![0u8; FEED_CHUNK];
+                        // Reuse the buffers the reader is done with: a fresh 256 KiB
+                        // allocation per chunk is an mmap, page faults and zeroing.
+                        let mut chunk = recycled.try_recv().unwrap_or_default();
+                        chunk.resize(FEED_CHUNK, 0);
                         let mut n = 0;
                         while n < chunk.len() {
                             match r.read(&mut chunk[n..]) {
@@ -161,6 +167,7 @@ fn spawn_feed(
         .expect("spawn volume reader");
     Feed {
         rx,
+        recycle,
         buf: Vec::new(),
         pos: 0,
         at_end: false,

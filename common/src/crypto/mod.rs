@@ -29,8 +29,9 @@
 //! 1 MiB chunks, each chunk is deflated independently (primed with the previous chunk's
 //! last 32 KiB as dictionary, ending in a sync flush so that the concatenation is one valid
 //! deflate stream, the last chunk with a final block), and the chunks are reassembled in
-//! order and encrypted serially. Memory stays bounded: about 2 MiB per compression thread
-//! plus up to 6 MiB per message, whatever the message size. rpgp is
+//! order and encrypted serially, on a thread of their own once the message outgrows one
+//! chunk. Memory stays bounded: about 2 MiB per compression thread plus about 6 MiB per
+//! message, whatever the message size. rpgp is
 //! still used for everything cryptographic apart from the bulk cipher: keys, session-key
 //! packets, S2K and signatures.
 //!
@@ -67,7 +68,7 @@ pub enum Compression {
     Zip { level: u32 },
     /// ZLIB (algo 2): deflate with zlib header and Adler-32. Level 0..=9.
     Zlib { level: u32 },
-    /// ZIP (algo 1) with the effort chosen per 1 MiB chunk from three 8 KiB samples:
+    /// ZIP (algo 1) with the effort chosen per 512 KiB chunk from three 4 KiB samples:
     /// stored when they do not shrink by 5% (media, archives), level 2 when level 2
     /// shrinks them at least 20% more than level 1, level 1 otherwise. Nearly as fast as
     /// level 1, within about 5% of level 6 in size on server data. With one compression
@@ -103,7 +104,7 @@ pub struct EncryptionSpec {
     pub compression: Compression,
     /// Threads that deflate one message in parallel; 1 means inline on the writing thread.
     /// 0 is treated like the default ([`std::thread::available_parallelism`]). Threads are
-    /// started only once a message exceeds one 1 MiB chunk, at most `threads + 1` chunks
+    /// started only once a message exceeds one 512 KiB chunk, at most `threads + 1` chunks
     /// are in flight, and the threads are joined by `finish` or drop.
     pub compression_threads: usize,
 }

@@ -401,9 +401,9 @@ impl<W: Write + Send + 'static> MessageWriter<W> {
 
 /// Bytes handed to the encryption thread at a time.
 const HANDOFF: usize = 256 * 1024;
-/// Hand-offs queued for the encryption thread: with the recycled buffers about 3 MiB per
+/// Hand-offs queued for the encryption thread: with the recycled buffers about 1.5 MiB per
 /// message.
-const HANDOFF_DEPTH: usize = 4;
+const HANDOFF_DEPTH: usize = 2;
 
 /// The framer, on the writing thread or (once a message outgrows one chunk and more than
 /// one thread may be used) on its own thread, `pgp-encrypt`. AES-CFB is serial within a

@@ -70,7 +70,7 @@ impl RateLimit {
 }
 
 /// Size of the pieces handed to the object store writer.
-const WRITE_CHUNK: usize = 1 << 20;
+const WRITE_CHUNK: usize = 256 * 1024;
 /// Multipart part size / single-put threshold, and parts in flight, for remote stores:
 /// large parts in parallel keep a long link busy.
 const UPLOAD_BUFFER: usize = 8 << 20;
@@ -78,7 +78,7 @@ const UPLOAD_CONCURRENCY: usize = 4;
 /// The same for a local directory, where a part is written as fast as it comes: small
 /// parts keep a backup's memory low (each object being written holds up to
 /// (concurrency + 1) parts).
-const LOCAL_UPLOAD_BUFFER: usize = 2 << 20;
+const LOCAL_UPLOAD_BUFFER: usize = 512 * 1024;
 const LOCAL_UPLOAD_CONCURRENCY: usize = 1;
 
 impl BlockingStore {
