@@ -7,6 +7,7 @@ use super::Context;
 use super::error::{EngineError, Result};
 use super::inspect::signature_sources;
 use super::owners::Owners;
+use super::progress::Progress;
 use super::restore::{Content, TreeSink, TreeStats, plan, reconstruct};
 use super::select::Selection;
 use super::sigstate::SignatureState;
@@ -20,6 +21,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::{channel, sync_channel};
 
 /// One difference between the backup and the directory.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -298,57 +301,173 @@ pub fn check_restored(
     let mut found = Walker::new(restored.to_path_buf(), Selection::default(), vec![]).peekable();
     let mut owners = Owners::default();
     let mut check = RestoreCheck::default();
-    let mut buf = vec![0u8; 1 << 20];
     ctx.progress.start("verify", None);
-    while let Some(entry) = state.next_entry()? {
-        let Some(index) = entry.index.strip_prefix(prefix) else {
-            continue;
-        };
-        check.checked += 1;
-        while found.peek().is_some_and(|f| f.index < index) {
-            found.next();
+    // Files are hashed by a few threads (reading back and MD4 are most of the check);
+    // the walk, the metadata comparison and the reporting, in backup order, stay here.
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let (job_tx, job_rx) = sync_channel::<HashJob>(threads * 2);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = channel::<HashDone>();
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..threads {
+            let job_rx = &job_rx;
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let Ok(Ok(job)) = job_rx.lock().map(|rx| rx.recv()) else {
+                        return;
+                    };
+                    let result = signature_of_file(&job.path, &job.stored, &mut buf)
+                        .map(|(sig, n)| (sig == job.stored, n));
+                    if done_tx.send((job.seq, job.index, result)).is_err() {
+                        return;
+                    }
+                }
+            });
         }
-        let Some(f) = found.next_if(|f| f.index == index) else {
-            check.differ(
-                &index,
-                "in the backup, missing from the restored tree".into(),
-            );
-            continue;
-        };
-        let mut whats = Vec::new();
-        meta_differences(
-            &entry.meta,
-            &f.meta,
-            check_owner.then_some(&mut owners),
-            &mut whats,
-        );
-        if whats.is_empty()
-            && f.meta.kind == FileKind::Regular
-            && let Some(stored) = &entry.signature
-        {
-            match signature_of_file(&f.path, stored, &mut buf) {
-                Ok((sig, n)) => {
-                    check.files_hashed += 1;
-                    check.bytes_hashed += n;
-                    ctx.progress.bytes(n);
-                    ctx.progress.file();
+        drop(done_tx);
+        let mut order = InOrder::default();
+        let mut seq = 0u64;
+        let result = (|| -> Result<()> {
+            while let Some(entry) = state.next_entry()? {
+                let Some(index) = entry.index.strip_prefix(prefix) else {
+                    continue;
+                };
+                check.checked += 1;
+                while found.peek().is_some_and(|f| f.index < index) {
+                    found.next();
+                }
+                let mut whats = Vec::new();
+                let Some(f) = found.next_if(|f| f.index == index) else {
+                    whats.push("in the backup, missing from the restored tree".to_string());
+                    order.ready(seq, index, whats, &mut check);
+                    seq += 1;
+                    continue;
+                };
+                meta_differences(
+                    &entry.meta,
+                    &f.meta,
+                    check_owner.then_some(&mut owners),
+                    &mut whats,
+                );
+                if whats.is_empty()
+                    && f.meta.kind == FileKind::Regular
+                    && let Some(stored) = entry.signature
+                {
+                    order.pending.insert(seq);
+                    let job = HashJob {
+                        seq,
+                        index,
+                        path: f.path,
+                        stored,
+                    };
+                    if job_tx.send(job).is_err() {
+                        return Err(EngineError::io(
+                            restored,
+                            io::Error::other("the verify threads stopped"),
+                        ));
+                    }
+                    // Take in what is done (waiting only while many files are queued).
+                    while order.pending.len() > threads * 4 {
+                        let done = done_rx.recv().expect("a job is pending");
+                        order.hashed(done, &mut check, &*ctx.progress);
+                    }
+                    while let Ok(done) = done_rx.try_recv() {
+                        order.hashed(done, &mut check, &*ctx.progress);
+                    }
                     if ctx.progress.cancelled() {
                         return Err(EngineError::Interrupted);
                     }
-                    if sig != *stored {
-                        whats.push("data differs from the backup's signature".into());
-                    }
+                } else {
+                    order.ready(seq, index, whats, &mut check);
                 }
-                Err(e) => whats.push(format!("cannot read the restored file: {e}")),
+                seq += 1;
             }
+            Ok(())
+        })();
+        drop(job_tx);
+        while !order.pending.is_empty() {
+            let Ok(done) = done_rx.recv() else { break };
+            order.hashed(done, &mut check, &*ctx.progress);
         }
-        for what in whats {
-            check.differ(&index, what);
-        }
-    }
+        result
+    })?;
     ctx.progress.finish();
     check.millis = started.elapsed().as_millis() as u64;
     Ok(check)
+}
+
+/// A restored file to hash: its place in the backup's order, and the stored signature.
+struct HashJob {
+    seq: u64,
+    index: Index,
+    path: PathBuf,
+    stored: Vec<u8>,
+}
+
+/// A hashed file: whether its signature matched, and its size (or why it was unreadable).
+type HashDone = (u64, Index, io::Result<(bool, u64)>);
+
+/// Reports differences in backup order although files are hashed out of order: the
+/// differences of entries after one still being hashed wait here.
+#[derive(Default)]
+struct InOrder {
+    /// Entries handed to the hashing threads and not back yet.
+    pending: std::collections::BTreeSet<u64>,
+    /// Entries with differences waiting for an earlier pending entry.
+    waiting: std::collections::BTreeMap<u64, (Index, Vec<String>)>,
+}
+
+impl InOrder {
+    fn ready(&mut self, seq: u64, index: Index, whats: Vec<String>, check: &mut RestoreCheck) {
+        if whats.is_empty() {
+            return;
+        }
+        if self.pending.first().is_some_and(|&p| p < seq) {
+            self.waiting.insert(seq, (index, whats));
+        } else {
+            for what in whats {
+                check.differ(&index, what);
+            }
+        }
+    }
+
+    fn hashed(&mut self, done: HashDone, check: &mut RestoreCheck, progress: &dyn Progress) {
+        let (seq, index, result) = done;
+        self.pending.remove(&seq);
+        let whats = match result {
+            Ok((matched, n)) => {
+                check.files_hashed += 1;
+                check.bytes_hashed += n;
+                progress.bytes(n);
+                progress.file();
+                if matched {
+                    Vec::new()
+                } else {
+                    vec!["data differs from the backup's signature".to_string()]
+                }
+            }
+            Err(e) => vec![format!("cannot read the restored file: {e}")],
+        };
+        if !whats.is_empty() {
+            self.waiting.insert(seq, (index, whats));
+        }
+        // Everything before the oldest pending entry can be reported now.
+        let limit = self.pending.first().copied().unwrap_or(u64::MAX);
+        while let Some(entry) = self.waiting.first_entry() {
+            if *entry.key() > limit {
+                break;
+            }
+            let (index, whats) = entry.remove();
+            for what in whats {
+                check.differ(&index, what);
+            }
+        }
+    }
 }
 
 /// The librsync signature of `path` with the block length of `stored`, and its size.
@@ -406,4 +525,49 @@ pub fn verify(
         differences: sink.differences,
         stats,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::progress::NoProgress;
+    use super::*;
+
+    fn ix(p: &str) -> Index {
+        Index::parse(p.as_bytes()).unwrap()
+    }
+
+    /// Files hashed out of order still have their differences reported in backup order.
+    #[test]
+    fn differences_are_reported_in_backup_order() {
+        let mut check = RestoreCheck::default();
+        let mut order = InOrder::default();
+        let p = NoProgress;
+        order.pending.insert(0); // a: being hashed
+        order.pending.insert(1); // b: being hashed
+        order.ready(2, ix("c"), vec!["mode differs".into()], &mut check);
+        order.pending.insert(3); // d: being hashed
+        assert_eq!(check.mismatches, 0, "c waits for a and b");
+        order.hashed((3, ix("d"), Ok((false, 10))), &mut check, &p);
+        order.hashed((1, ix("b"), Ok((true, 20))), &mut check, &p);
+        assert_eq!(check.mismatches, 0, "everything waits for a");
+        order.hashed((0, ix("a"), Err(io::Error::other("gone"))), &mut check, &p);
+        let got: Vec<(String, String)> = check
+            .differences
+            .iter()
+            .map(|d| (d.path.clone(), d.what.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), "cannot read the restored file: gone".into()),
+                ("c".into(), "mode differs".into()),
+                (
+                    "d".into(),
+                    "data differs from the backup's signature".into()
+                ),
+            ]
+        );
+        assert_eq!((check.files_hashed, check.bytes_hashed), (2, 30));
+        assert!(order.pending.is_empty() && order.waiting.is_empty());
+    }
 }
