@@ -1244,6 +1244,7 @@ def cmd_run(args) -> int:
           "state/cache dir; restore is verified (sha1 of every file, types, symlink targets) outside the timing.")
 
     results = []
+    cross_check = None
     step_counter = 0
     active = list(tools)
     timeout = args.timeout or None
@@ -1280,6 +1281,9 @@ def cmd_run(args) -> int:
                             continue
                         tools[t].src = src
                     results.append(run_step(tools[t], step, src, src_manifest, rep, timeout))
+            if rep == args.repeat - 1 and "flotilla" in tools and "duplicity" in tools:
+                cross_check = duplicity_restores_flotilla(tools["duplicity"], tools["flotilla"],
+                                                          src_manifest, timeout)
         finally:
             for t in active:
                 tools[t].cleanup()
@@ -1289,8 +1293,11 @@ def cmd_run(args) -> int:
     print(f"profile {args.profile}: {dsinfo['stats']['files']:,} files, {dsinfo['stats']['bytes'] / MB:,.1f} MB "
           f"(generated in {dsinfo.get('gen_seconds', '?')}s); mutation: {mutation}")
     print_tables(summary, names, args.repeat)
+    if cross_check is not None:
+        print(f"\nstock duplicity restoring flotilla's archive (latest, empty archive dir): {cross_check['status']}")
     if args.json:
         doc = dict(machine=facts, versions=versions, settings=settings, skipped=skipped,
+                   duplicity_restores_flotilla=cross_check,
                    profile=args.profile, dataset=dsinfo, mutation=mutation, repeat=args.repeat,
                    results=results, summary=summary, generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         write_json(args.json, doc)
@@ -1302,6 +1309,32 @@ def cmd_run(args) -> int:
     print(f"\ncleanup (after measuring): {time.monotonic() - t0:.1f}s"
           + ("" if args.clean else f"; stores, logs and restored trees kept in {run_dir}"))
     return 0
+
+
+def duplicity_restores_flotilla(dup: "Duplicity", flo: "Flotilla", src_manifest, timeout) -> dict:
+    """Untimed interoperability check after the measurements: stock duplicity restores the
+    chain flotilla wrote (latest state) with an empty archive dir, and the tree must equal the
+    source."""
+    target = os.path.join(dup.base, "restore-of-flotilla")
+    archive = os.path.join(dup.base, "cross-archive")
+    os.makedirs(archive, exist_ok=True)
+    cmd = ["duplicity", "restore", "file://" + flo.store, target, "--archive-dir", archive,
+           "--name", "cross", "--tempdir", dup.tmp]
+    m = timed_run(cmd, dup.env(), None, os.path.join(dup.logs, "restore-of-flotilla"), timeout)
+    out = dict(ok=False, wall=m.wall, status="")
+    if not m.ok:
+        out["status"] = f"FAILED ({m.error}); see {os.path.join(dup.logs, 'restore-of-flotilla.err')}"
+        return out
+    if src_manifest is None:
+        out["status"] = "restored (source manifest unavailable, not compared)"
+        return out
+    v = compare_trees(src_manifest, tree_manifest(target))
+    out["verify"] = v
+    out["ok"] = v["ok"]
+    out["status"] = (f"ok, {m.wall:.1f}s, tree equals the source" if v["ok"] else
+                     f"RESTORE DIFFERS: {v['missing']} missing, {v['extra']} extra, {v['differ']} differ, "
+                     f"e.g. {v['examples'][:3]}")
+    return out
 
 
 def write_json(path: str, doc: dict) -> None:
