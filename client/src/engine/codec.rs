@@ -177,17 +177,25 @@ pub fn open_object(
         hasher: Some(Sha1::new()),
         cell: cell.clone(),
     };
-    let reader: Box<dyn Read + Send> = if obj.parsed.encrypted {
-        crypto::decrypt_reader(keys, hashed).map_err(|e| EngineError::Crypto {
+    Ok((decode(hashed, obj, keys)?, cell))
+}
+
+/// Decodes an object's stored bytes by its name's suffix.
+fn decode(
+    raw: impl Read + Send + 'static,
+    obj: &StoredObject,
+    keys: &DecryptionKeys,
+) -> Result<Box<dyn Read + Send>> {
+    Ok(if obj.parsed.encrypted {
+        crypto::decrypt_reader(keys, raw).map_err(|e| EngineError::Crypto {
             object: obj.name.clone(),
             error: e,
         })?
     } else if obj.parsed.compressed {
-        Box::new(flate2::read::MultiGzDecoder::new(hashed))
+        Box::new(flate2::read::MultiGzDecoder::new(raw))
     } else {
-        Box::new(hashed)
-    };
-    Ok((reader, cell))
+        Box::new(raw)
+    })
 }
 
 /// [`open_object`] for a large object: downloading and hashing the stored bytes run on a
@@ -201,17 +209,7 @@ pub fn open_object_prefetched(
     let raw = store.get(&obj.name)?;
     let cell = HashCell::default();
     let prefetch = Prefetch::spawn(raw, cell.clone(), &obj.name)?;
-    let reader: Box<dyn Read + Send> = if obj.parsed.encrypted {
-        crypto::decrypt_reader(keys, prefetch).map_err(|e| EngineError::Crypto {
-            object: obj.name.clone(),
-            error: e,
-        })?
-    } else if obj.parsed.compressed {
-        Box::new(flate2::read::MultiGzDecoder::new(prefetch))
-    } else {
-        Box::new(prefetch)
-    };
-    Ok((reader, cell))
+    Ok((decode(prefetch, obj, keys)?, cell))
 }
 
 /// Bytes read ahead per hand-off, and hand-offs queued.
