@@ -22,6 +22,21 @@ fn encrypters() -> usize {
         .count()
 }
 
+/// `count()` once it equals `want`, or its last value after a few seconds: a joined thread
+/// leaves `/proc/self/task` a moment after `pthread_join` returns (the kernel wakes the
+/// joiner before it has reaped the task), so a count taken right after a join may still
+/// include it.
+fn settled(count: fn() -> usize, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = count();
+        if n == want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn worker_threads_are_bounded_and_always_joined() {
     let data = random_bytes(6 << 20, 1);
@@ -33,7 +48,7 @@ fn worker_threads_are_bounded_and_always_joined() {
     // Small message: no threads at all.
     let mut w = spec.writer(Vec::new()).unwrap();
     w.write_all(&data[..1000]).unwrap();
-    assert_eq!(workers(), 0);
+    assert_eq!(settled(workers, 0), 0);
     w.finish().unwrap();
 
     // Large message: 4 workers and the encryption thread while writing, none after finish.
@@ -42,8 +57,8 @@ fn worker_threads_are_bounded_and_always_joined() {
     assert_eq!(workers(), 4);
     assert_eq!(encrypters(), 1);
     let msg = w.finish().unwrap();
-    assert_eq!(workers(), 0);
-    assert_eq!(encrypters(), 0);
+    assert_eq!(settled(workers, 0), 0);
+    assert_eq!(settled(encrypters, 0), 0);
     assert!(decrypt(&pw_keys("pw"), &msg).unwrap() == data);
 
     // Dropped without finish.
@@ -51,8 +66,8 @@ fn worker_threads_are_bounded_and_always_joined() {
     w.write_all(&data).unwrap();
     assert_eq!(workers(), 4);
     drop(w);
-    assert_eq!(workers(), 0);
-    assert_eq!(encrypters(), 0);
+    assert_eq!(settled(workers, 0), 0);
+    assert_eq!(settled(encrypters, 0), 0);
 
     // Output fails mid-way: the write errors, the drop does not hang.
     struct Failing(usize);
@@ -77,10 +92,14 @@ fn worker_threads_are_bounded_and_always_joined() {
         }
     }
     assert!(failed);
-    assert_eq!(workers(), 0, "threads stop as soon as the writer fails");
-    assert_eq!(encrypters(), 0);
+    assert_eq!(
+        settled(workers, 0),
+        0,
+        "threads stop as soon as the writer fails"
+    );
+    assert_eq!(settled(encrypters, 0), 0);
     drop(w);
-    assert_eq!(workers(), 0);
+    assert_eq!(settled(workers, 0), 0);
 
     // compression_threads = 1: everything inline.
     let inline = EncryptionSpec {
@@ -89,7 +108,7 @@ fn worker_threads_are_bounded_and_always_joined() {
     };
     let mut w = inline.writer(Vec::new()).unwrap();
     w.write_all(&data).unwrap();
-    assert_eq!(workers(), 0);
-    assert_eq!(encrypters(), 0);
+    assert_eq!(settled(workers, 0), 0);
+    assert_eq!(settled(encrypters, 0), 0);
     w.finish().unwrap();
 }
