@@ -18,7 +18,7 @@ ok() { printf '    ok: %s\n' "$*"; }
 
 [ "$(id -u)" -eq 0 ] || fail "needs root (dpkg -i)"
 for p in flotilla-agent flotilla-coordinator; do
-    if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed'; then
+    if grep -q 'ok installed' <<<"$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)"; then
         fail "$p is installed on this machine already; this test installs and purges it (dpkg --purge $p first)"
     fi
 done
@@ -69,9 +69,9 @@ for f in /usr/bin/flotilla /usr/bin/flotilla-agent /etc/flotilla/coordinator.tom
     [ -e "$f" ] || fail "$f was not installed"
 done
 ok "files in place"
-dpkg-query -W -f='${Conffiles}\n' flotilla-agent flotilla-coordinator | grep -q /etc/flotilla/agent.toml \
+grep -q /etc/flotilla/agent.toml <<<"$(dpkg-query -W -f='${Conffiles}\n' flotilla-agent flotilla-coordinator)" \
     || fail "agent.toml is not a conffile"
-dpkg-query -W -f='${Conffiles}\n' flotilla-coordinator | grep -q /etc/flotilla/coordinator.toml \
+grep -q /etc/flotilla/coordinator.toml <<<"$(dpkg-query -W -f='${Conffiles}\n' flotilla-coordinator)" \
     || fail "coordinator.toml is not a conffile"
 ok "configuration files are conffiles"
 IFS=: read -r _ _ uid _ _ home shell < <(getent passwd flotilla) || fail "no user flotilla"
@@ -87,9 +87,9 @@ ok "state directories /var/lib/flotilla (flotilla, 0700) and /var/lib/flotilla-a
 systemd-analyze verify /usr/lib/systemd/system/flotilla-coordinator.service /usr/lib/systemd/system/flotilla-agent.service
 ok "systemd-analyze verify: both units"
 flotilla --version && flotilla-agent --version
-flotilla --help | grep -q "report" || fail "flotilla --help"
-flotilla-agent --help | grep -q "enroll" || fail "flotilla-agent --help"
-flotilla report --help | grep -q -- "--check-storage" || fail "flotilla report --help"
+grep -q "report" <<<"$(flotilla --help)" || fail "flotilla --help"
+grep -q "enroll" <<<"$(flotilla-agent --help)" || fail "flotilla-agent --help"
+grep -q -- "--check-storage" <<<"$(flotilla report --help)" || fail "flotilla report --help"
 ok "installed binaries run"
 
 step "running them as the units do"
@@ -126,13 +126,13 @@ grep -q "1 host(s), 1 enrolled" "$workdir/enroll.log" || fail "enroll-hosts.sh d
 flotilla-agent --config /etc/flotilla/agent.toml run >"$workdir/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 1 100); do
-    flotilla hosts --json | grep -q '"connected": *true' && break
+    grep -q '"connected": *true' <<<"$(flotilla hosts --json)" && break
     sleep 0.1
 done
 flotilla hosts
-flotilla hosts --json | grep -q '"connected": *true' || { cat "$workdir/agent.log"; fail "the agent did not connect"; }
+grep -q '"connected": *true' <<<"$(flotilla hosts --json)" || { cat "$workdir/agent.log"; fail "the agent did not connect"; }
 grep -q "connected as " "$workdir/agent.log" || { cat "$workdir/agent.log"; fail "agent log (log = \"info\" from agent.toml)"; }
-flotilla hosts --json | grep -q '"role": *"package-test"' || fail "the host lacks the labels of enroll-hosts.sh"
+grep -q '"role": *"package-test"' <<<"$(flotilla hosts --json)" || fail "the host lacks the labels of enroll-hosts.sh"
 ok "coordinator as user flotilla; agent enrolled by enroll-hosts.sh, connected with /etc/flotilla/agent.toml"
 kill -TERM "$agent_pid"
 wait "$agent_pid" || fail "the agent exited $? on SIGTERM"

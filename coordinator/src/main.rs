@@ -423,8 +423,21 @@ enum Command {
     },
 }
 
+/// A one-shot command whose output goes into a pipe closed early (`| head`, `| grep -q`)
+/// ends quietly, as Unix tools do, instead of panicking in `println!`. The server
+/// (`serve`) keeps Rust's default (SIGPIPE ignored, EPIPE reported as an error).
+fn quiet_on_closed_stdout() {
+    // SAFETY: only changes a signal disposition; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        quiet_on_closed_stdout();
+    }
     if let Err(e) = run(cli) {
         eprintln!("flotilla: error: {e:#}");
         std::process::exit(1);

@@ -136,6 +136,23 @@ impl Cmd {
         Cmd::new(coordinator_bin())
     }
 
+    /// This command with its stdout going into a shell pipeline `tail` (e.g. `head -n1`),
+    /// run by bash; the exit status (and stderr) are this command's, not the pipeline's.
+    pub fn piped_into(self, tail: &str) -> Self {
+        let mut args = vec![
+            OsString::from("-c"),
+            OsString::from(format!("\"$@\" | {tail}; exit \"${{PIPESTATUS[0]}}\"")),
+            OsString::from("bash"),
+            self.program,
+        ];
+        args.extend(self.args);
+        Cmd {
+            program: OsString::from("bash"),
+            args,
+            ..self
+        }
+    }
+
     /// Appends one argument.
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());

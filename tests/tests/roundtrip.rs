@@ -385,3 +385,33 @@ fn retention_deletes_whole_old_chains_only_when_forced() {
         .run()
         .assert_failure();
 }
+
+/// `flotilla-agent ls --json URL | head -c 100`: the agent ends quietly when its reader goes away,
+/// like other Unix tools, and does not panic about a broken pipe.
+#[test]
+fn output_into_a_pipe_closed_early_ends_quietly() {
+    let env = AgentEnv::new();
+    let src = env.path("src");
+    let t = TreeBuilder::new(&src);
+    // A listing far larger than a pipe's buffer, so the agent still writes after `head`
+    // is gone.
+    for i in 0..3000 {
+        t.file(
+            format!("a-directory-with-a-long-name/file-number-{i:05}-with-a-long-name.txt"),
+            b"x",
+        );
+    }
+    env.backup(&src, &[]).assert_success();
+    let out = env
+        .cmd()
+        .args(["ls", "--json"])
+        .arg(env.url())
+        .piped_into("head -c 100 >/dev/null")
+        .run();
+    assert!(!out.stderr_str().contains("panicked"), "{}", out.combined());
+    // Done, or ended by SIGPIPE (bash reports 128 + 13), as `seq 1000000 | head -n1` is.
+    assert!(
+        matches!(out.code(), Some(0) | Some(141)),
+        "expected success or SIGPIPE: {out}"
+    );
+}

@@ -384,6 +384,16 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// A one-shot command whose output goes into a pipe closed early (`| head`, `| grep -q`)
+/// ends quietly, as Unix tools do, instead of panicking in `println!`. The daemon (`run`)
+/// keeps Rust's default (SIGPIPE ignored, EPIPE reported as an error).
+fn quiet_on_closed_stdout() {
+    // SAFETY: only changes a signal disposition; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     // glibc gives each thread that allocates its own malloc arena and keeps what they
     // free: with the compression, encryption and writer threads that was about 10 MB of
@@ -397,6 +407,9 @@ fn main() {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    if !matches!(cli.command, Command::Run { .. }) {
+        quiet_on_closed_stdout();
+    }
     let config = match &cli.config {
         Some(path) => match flotilla_client::config::AgentConfig::load(path) {
             Ok(c) => c,
