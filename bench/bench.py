@@ -897,7 +897,8 @@ class Flotilla(Tool):
         super().__init__(base, args)
         self.bin = args.flotilla_bin
         self.settings = ("symmetric passphrase (FLOTILLA_PASSPHRASE), file:// store, agent defaults "
-                         "(DESIGN.md: volsize 200 MB, gpg-compatible ZIP compression)"
+                         "(DESIGN.md: volsize 200 MB, gpg-compatible ZIP compression, its level "
+                         "chosen per 1 MiB: stored if incompressible, else 1 or 2)"
                          + (f"; extra backup args: {args.flotilla_backup_args}" if args.flotilla_backup_args else "")
                          + (f"; extra restore args: {args.flotilla_restore_args}" if args.flotilla_restore_args else "")
                          + "; restore uses a fresh, empty --state-dir")

@@ -210,7 +210,8 @@ enum Command {
         url: String,
         /// Directory to restore into: must be absent or empty unless --force.
         target: PathBuf,
-        /// Point in time (default: now, i.e. the latest backup).
+        /// Point in time (default: now, i.e. the latest backup): now, 3D, 2W1D,
+        /// 2026-11-20, 2026-11-20T04:17:41, 20261120T041741Z or epoch seconds.
         #[arg(short, long, value_name = "TIME")]
         time: Option<String>,
         /// Restore only this file or directory (relative to the backed-up root); a file
@@ -237,19 +238,26 @@ enum Command {
     Ls {
         /// Where the backups are, e.g. file:///var/backups/web-01.
         url: String,
+        /// Point in time (default: now, i.e. the latest backup): now, 3D, 2W1D,
+        /// 2026-11-20, 2026-11-20T04:17:41, 20261120T041741Z or epoch seconds.
         #[arg(short, long, value_name = "TIME")]
         time: Option<String>,
         #[command(flatten)]
         decrypt: DecryptArgs,
     },
     /// Show chains and sets, like duplicity collection-status. Needs no key.
-    Status { url: String },
+    Status {
+        /// Where the backups are, e.g. file:///var/backups/web-01.
+        url: String,
+    },
     /// Compare the backup at --time with directory SRC (data and metadata); exit 1 when
     /// anything differs.
     Verify {
         /// Where the backups are, e.g. file:///var/backups/web-01.
         url: String,
+        /// The directory to compare with (the backed-up source, or a restored copy).
         src: PathBuf,
+        /// Point in time (default: now, i.e. the latest backup); the forms of `ls --time`.
         #[arg(short, long, value_name = "TIME")]
         time: Option<String>,
         /// Compare only this path of the backup (SRC then corresponds to it).
