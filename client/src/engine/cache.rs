@@ -5,8 +5,9 @@
 //! and the chain's signatures are what the next incremental diffs against. If the cache
 //! is lost and the chain cannot be decrypted here, the next backup starts a new chain.
 
-use super::codec::read_object;
+use super::codec::open_object;
 use super::error::{EngineError, Result};
+use flotilla_common::archive::StoredObject;
 use flotilla_common::archive::names::{ObjectKind, ObjectName, SetTimes};
 use flotilla_common::archive::{Chain, Collection};
 use flotilla_common::crypto::{CryptoError, DecryptionKeys};
@@ -14,7 +15,6 @@ use flotilla_common::storage::BlockingStore;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -115,11 +115,9 @@ impl ArchiveCache {
             let Some(obj) = &set.signatures else {
                 return Ok(Err(format!("the {} set has no signature file", set.times)));
             };
-            match read_object(store, obj, keys) {
-                Ok(data) => {
-                    write_atomic(&path, &data)?;
-                    tracing::info!("cache: fetched {}", obj.name);
-                }
+            // Streamed into the cache: a signature file grows with the number of files.
+            match download_atomic(store, obj, keys, &path) {
+                Ok(()) => tracing::info!("cache: fetched {}", obj.name),
                 Err(EngineError::Crypto { error, .. }) if is_key_problem(&error) => {
                     return Ok(Err(format!(
                         "the chain's signature files are not in the local cache ({}) and cannot be \
@@ -144,13 +142,29 @@ fn is_key_problem(e: &CryptoError) -> bool {
     )
 }
 
-/// Writes a file via a temporary name and rename, so readers never see half a file.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+/// Decodes object `obj` into `path` via a temporary name and rename.
+fn download_atomic(
+    store: &BlockingStore,
+    obj: &StoredObject,
+    keys: &DecryptionKeys,
+    path: &Path,
+) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
-    f.write_all(data).map_err(|e| EngineError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| EngineError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path, e))
+    let result = (|| {
+        let (mut r, _) = open_object(store, obj, keys)?;
+        let f = File::create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        std::io::copy(&mut r, &mut w).map_err(|e| EngineError::from_object_io(&obj.name, e))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| EngineError::io(&tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| EngineError::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn hex_prefix(d: &[u8]) -> String {

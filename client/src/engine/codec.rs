@@ -3,12 +3,15 @@
 
 use super::error::{EngineError, Result};
 use flotilla_common::archive::StoredObject;
+use flotilla_common::archive::manifest::{Manifest, ManifestParser};
 use flotilla_common::archive::names::{ObjectKind, ObjectName, SetTimes};
 use flotilla_common::crypto::{self, DecryptionKeys, EncryptionSpec, MessageWriter};
 use flotilla_common::storage::{BlockingStore, ObjectWriter};
 use sha1::{Digest, Sha1};
 use std::io::{self, Read, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 /// The encoding of a backup's objects.
 #[derive(Clone)]
@@ -36,12 +39,15 @@ impl Codec {
             bytes: 0,
         };
         let inner = match self {
-            Codec::Encrypted(spec) => Inner::Pgp(Box::new(spec.writer(hashed).map_err(|e| {
-                EngineError::Crypto {
-                    object: "new object".into(),
-                    error: e,
-                }
-            })?)),
+            Codec::Encrypted(spec) => {
+                let offload = Offload::spawn(hashed).map_err(|e| EngineError::io("thread", e))?;
+                Inner::Pgp(Box::new(spec.writer(offload).map_err(|e| {
+                    EngineError::Crypto {
+                        object: "new object".into(),
+                        error: e,
+                    }
+                })?))
+            }
             Codec::Gzip { level } if kind != ObjectKind::Manifest => Inner::Gzip(Box::new(
                 flate2::write::GzEncoder::new(hashed, flate2::Compression::new(*level)),
             )),
@@ -70,8 +76,113 @@ impl Write for Sha1Writer {
     }
 }
 
+/// Bytes handed to the [`Offload`] thread at a time.
+const OFFLOAD_CHUNK: usize = 1 << 20;
+/// Hand-offs queued for it.
+const OFFLOAD_DEPTH: usize = 2;
+
+/// Hashes and uploads an encrypted object's bytes on a thread of its own (`object-upload`).
+/// AES-CFB encryption is serial within a message and the encryption thread also computes
+/// the integrity SHA-1: with the SHA-1 of the stored bytes and the upload beside it, that
+/// thread limited the backup on incompressible data (media, archives), where little else
+/// runs. Errors of the upload come back from the next write or from [`Offload::finish`].
+struct Offload {
+    tx: Option<SyncSender<Vec<u8>>>,
+    recycled: Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    handle: Option<JoinHandle<io::Result<Sha1Writer>>>,
+}
+
+impl Offload {
+    fn spawn(mut inner: Sha1Writer) -> io::Result<Self> {
+        let (tx, rx) = sync_channel::<Vec<u8>>(OFFLOAD_DEPTH);
+        let (recycle_tx, recycled) = sync_channel::<Vec<u8>>(OFFLOAD_DEPTH + 2);
+        let handle = std::thread::Builder::new()
+            .name("object-upload".into())
+            .spawn(move || {
+                for mut buf in rx {
+                    inner.write_all(&buf)?;
+                    buf.clear();
+                    let _ = recycle_tx.try_send(buf);
+                }
+                Ok(inner)
+            })?;
+        Ok(Offload {
+            tx: Some(tx),
+            recycled,
+            pending: Vec::new(),
+            handle: Some(handle),
+        })
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let next = self.recycled.try_recv().unwrap_or_default();
+        let full = std::mem::replace(&mut self.pending, next);
+        if let Some(tx) = &self.tx
+            && tx.send(full).is_ok()
+        {
+            return Ok(());
+        }
+        // The thread stopped: its error says why.
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(io::Error::other("the upload thread stopped")),
+        }
+    }
+
+    fn join(&mut self) -> io::Result<Sha1Writer> {
+        self.tx = None;
+        let handle = self
+            .handle
+            .take()
+            .ok_or_else(|| io::Error::other("the upload thread stopped"))?;
+        handle
+            .join()
+            .map_err(|_| io::Error::other("the upload thread panicked"))?
+    }
+
+    fn finish(mut self) -> io::Result<Sha1Writer> {
+        if !self.pending.is_empty() {
+            self.send()?;
+        }
+        self.join()
+    }
+}
+
+impl Write for Offload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(OFFLOAD_CHUNK + 64);
+        }
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= OFFLOAD_CHUNK {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+impl Drop for Offload {
+    /// Without `finish` (an error elsewhere): the thread ends and drops the upload, which
+    /// leaves no object behind.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 enum Inner {
-    Pgp(Box<MessageWriter<Sha1Writer>>),
+    Pgp(Box<MessageWriter<Offload>>),
     Gzip(Box<flate2::write::GzEncoder<Sha1Writer>>),
     Plain(Box<Sha1Writer>),
 }
@@ -92,7 +203,7 @@ impl EncodedWriter {
     /// Finishes the encoding and the upload: the object exists when this returns.
     pub fn finish(self) -> io::Result<StoredInfo> {
         let hashed = match self.inner {
-            Inner::Pgp(w) => w.finish().map_err(|e| e.into_io())?,
+            Inner::Pgp(w) => w.finish().map_err(|e| e.into_io())?.finish()?,
             Inner::Gzip(w) => (*w).finish()?,
             Inner::Plain(w) => *w,
         };
@@ -301,15 +412,30 @@ impl Read for Prefetch {
     }
 }
 
-/// Reads a whole (small) object and decodes it.
-pub fn read_object(
+/// Reads and parses a manifest a line at a time (its file list grows with the set).
+pub fn read_manifest(
     store: &BlockingStore,
     obj: &StoredObject,
     keys: &DecryptionKeys,
-) -> Result<Vec<u8>> {
-    let (mut r, _) = open_object(store, obj, keys)?;
-    let mut out = Vec::new();
-    r.read_to_end(&mut out)
-        .map_err(|e| EngineError::from_object_io(&obj.name, e))?;
-    Ok(out)
+) -> Result<Manifest> {
+    use std::io::BufRead;
+    let (r, _) = open_object(store, obj, keys)?;
+    let mut r = io::BufReader::with_capacity(64 * 1024, r);
+    let mut parser = ManifestParser::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| EngineError::from_object_io(&obj.name, e))?;
+        if n == 0 {
+            break;
+        }
+        parser
+            .line(&line)
+            .map_err(|e| EngineError::from((obj.name.clone(), e)))?;
+    }
+    parser
+        .finish()
+        .map_err(|e| EngineError::from((obj.name.clone(), e)))
 }

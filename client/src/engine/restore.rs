@@ -372,9 +372,7 @@ pub fn plan(ctx: &Context, time: i64, keys: &DecryptionKeys) -> Result<RestorePl
     let mut sets = Vec::new();
     for set in chain.sets_until(time) {
         let obj = set.manifest.as_ref().expect("complete sets have manifests");
-        let data = super::codec::read_object(&ctx.store, obj, keys)?;
-        let manifest =
-            Manifest::parse(&data).map_err(|e| EngineError::from((obj.name.clone(), e)))?;
+        let manifest = super::codec::read_manifest(&ctx.store, obj, keys)?;
         for v in manifest.volumes.values() {
             if !set.volumes.contains_key(&v.number) {
                 return Err(EngineError::MissingVolume {

@@ -114,108 +114,138 @@ impl Manifest {
 
     /// Parses a manifest as duplicity 0.8.22 does (§5.3).
     pub fn parse(data: &[u8]) -> Result<Manifest, ManifestError> {
-        let mut m = Manifest::default();
-        let mut current: Option<PartialVolume> = None;
-        let mut in_filelist = false;
-        let finish = |m: &mut Manifest, cur: Option<PartialVolume>| -> Result<(), ManifestError> {
-            if let Some((n, start, end, sha1)) = cur {
-                let (Some((start, start_block)), Some((end, end_block))) = (start, end) else {
-                    return Err(ManifestError::MissingRange(n));
-                };
-                // A resumed backup can repeat a volume number: later ones win and
-                // numbers above it are dropped.
-                let _ = m.volumes.split_off(&n);
-                m.volumes.insert(
-                    n,
-                    VolumeInfo {
-                        number: n,
-                        start,
-                        start_block,
-                        end,
-                        end_block,
-                        sha1,
-                    },
-                );
+        let mut p = ManifestParser::default();
+        for line in data.split(|&b| b == b'\n') {
+            p.line(line)?;
+        }
+        p.finish()
+    }
+}
+
+/// [`Manifest::parse`] a line at a time, for manifests read as a stream: a manifest lists
+/// every file of its set, so holding one whole would make memory grow with the number of
+/// files (33 MB for a million). File list lines are skipped.
+#[derive(Default)]
+pub struct ManifestParser {
+    m: Manifest,
+    current: Option<PartialVolume>,
+    in_filelist: bool,
+    line_no: usize,
+}
+
+impl ManifestParser {
+    /// Feeds one line (with or without its `\n`).
+    pub fn line(&mut self, line: &[u8]) -> Result<(), ManifestError> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        self.line_no += 1;
+        let line_no = self.line_no;
+        let trimmed = trim_start(line);
+        let (word, rest) = split_word(trimmed);
+        let word_l = word.to_ascii_lowercase();
+        match word_l.as_slice() {
+            b"hostname"
+                if self.current.is_none() && !self.in_filelist && self.m.hostname.is_none() =>
+            {
+                self.m.hostname = Some(rest.to_vec());
             }
-            Ok(())
-        };
-        for (lineno, line) in data.split(|&b| b == b'\n').enumerate() {
-            let line_no = lineno + 1;
-            let trimmed = trim_start(line);
-            let (word, rest) = split_word(trimmed);
-            let word_l = word.to_ascii_lowercase();
-            match word_l.as_slice() {
-                b"hostname" if current.is_none() && !in_filelist && m.hostname.is_none() => {
-                    m.hostname = Some(rest.to_vec());
+            b"localdir"
+                if self.current.is_none() && !self.in_filelist && self.m.localdir.is_none() =>
+            {
+                self.m.localdir = Some(unquote_path(rest));
+            }
+            b"volume" => {
+                self.finish_volume()?;
+                self.in_filelist = false;
+                let num = rest.strip_suffix(b":").unwrap_or(rest);
+                let n: u32 = std::str::from_utf8(trim_end(num))
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| ManifestError::Syntax {
+                        line: line_no,
+                        reason: format!("bad volume line {:?}", String::from_utf8_lossy(line)),
+                    })?;
+                self.current = Some((n, None, None, None));
+            }
+            b"filelist" => {
+                self.in_filelist = true;
+            }
+            b"startingpath" | b"endingpath" if !self.in_filelist => {
+                let Some(cur) = self.current.as_mut() else {
+                    return Err(ManifestError::Syntax {
+                        line: line_no,
+                        reason: "path line outside a volume block".into(),
+                    });
+                };
+                let mut toks = rest
+                    .split(|b| b.is_ascii_whitespace())
+                    .filter(|t| !t.is_empty());
+                let tok = toks.next().ok_or_else(|| ManifestError::Syntax {
+                    line: line_no,
+                    reason: "missing path".into(),
+                })?;
+                let path = unquote_path(tok);
+                let index = Index::parse(&path).map_err(|e| ManifestError::Syntax {
+                    line: line_no,
+                    reason: e.to_string(),
+                })?;
+                let block = toks
+                    .next()
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .and_then(|s| s.parse::<u64>().ok());
+                if word_l == b"startingpath" {
+                    cur.1 = Some((index, block));
+                } else {
+                    cur.2 = Some((index, block));
                 }
-                b"localdir" if current.is_none() && !in_filelist && m.localdir.is_none() => {
-                    m.localdir = Some(unquote_path(rest));
-                }
-                b"volume" => {
-                    finish(&mut m, current.take())?;
-                    in_filelist = false;
-                    let num = rest.strip_suffix(b":").unwrap_or(rest);
-                    let n: u32 = std::str::from_utf8(trim_end(num))
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| ManifestError::Syntax {
-                            line: line_no,
-                            reason: format!("bad volume line {:?}", String::from_utf8_lossy(line)),
-                        })?;
-                    current = Some((n, None, None, None));
-                }
-                b"filelist" => {
-                    in_filelist = true;
-                }
-                b"startingpath" | b"endingpath" if !in_filelist => {
-                    let Some(cur) = current.as_mut() else {
-                        return Err(ManifestError::Syntax {
-                            line: line_no,
-                            reason: "path line outside a volume block".into(),
-                        });
-                    };
+            }
+            b"hash" if !self.in_filelist => {
+                if let Some(cur) = self.current.as_mut() {
                     let mut toks = rest
                         .split(|b| b.is_ascii_whitespace())
                         .filter(|t| !t.is_empty());
-                    let tok = toks.next().ok_or_else(|| ManifestError::Syntax {
-                        line: line_no,
-                        reason: "missing path".into(),
-                    })?;
-                    let path = unquote_path(tok);
-                    let index = Index::parse(&path).map_err(|e| ManifestError::Syntax {
-                        line: line_no,
-                        reason: e.to_string(),
-                    })?;
-                    let block = toks
-                        .next()
-                        .and_then(|t| std::str::from_utf8(t).ok())
-                        .and_then(|s| s.parse::<u64>().ok());
-                    if word_l == b"startingpath" {
-                        cur.1 = Some((index, block));
-                    } else {
-                        cur.2 = Some((index, block));
+                    if let (Some(alg), Some(hex)) = (toks.next(), toks.next())
+                        && alg.eq_ignore_ascii_case(b"sha1")
+                    {
+                        cur.3 = Some(String::from_utf8_lossy(hex).to_ascii_lowercase());
                     }
                 }
-                b"hash" if !in_filelist => {
-                    if let Some(cur) = current.as_mut() {
-                        let mut toks = rest
-                            .split(|b| b.is_ascii_whitespace())
-                            .filter(|t| !t.is_empty());
-                        if let (Some(alg), Some(hex)) = (toks.next(), toks.next())
-                            && alg.eq_ignore_ascii_case(b"sha1")
-                        {
-                            cur.3 = Some(String::from_utf8_lossy(hex).to_ascii_lowercase());
-                        }
-                    }
-                }
-                _ => {}
             }
+            _ => {}
         }
-        finish(&mut m, current.take())?;
-        if m.volumes.is_empty() {
+        Ok(())
+    }
+
+    /// Ends a volume block.
+    fn finish_volume(&mut self) -> Result<(), ManifestError> {
+        if let Some((n, start, end, sha1)) = self.current.take() {
+            let (Some((start, start_block)), Some((end, end_block))) = (start, end) else {
+                return Err(ManifestError::MissingRange(n));
+            };
+            // A resumed backup can repeat a volume number: later ones win and numbers
+            // above it are dropped.
+            let _ = self.m.volumes.split_off(&n);
+            self.m.volumes.insert(
+                n,
+                VolumeInfo {
+                    number: n,
+                    start,
+                    start_block,
+                    end,
+                    end_block,
+                    sha1,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The manifest, once every line was fed.
+    pub fn finish(mut self) -> Result<Manifest, ManifestError> {
+        self.finish_volume()?;
+        if self.m.volumes.is_empty() {
             return Err(ManifestError::NoVolumes);
         }
-        Ok(m)
+        Ok(self.m)
     }
 }
 
@@ -262,6 +292,27 @@ mod tests {
     use super::*;
 
     const OBSERVED: &str = "Hostname vm\nLocaldir /srv/data\nVolume 1:\n    StartingPath   .  \n    EndingPath     big.bin 16\n    Hash SHA1 1cca3c4bb7d43b31fcbc90e675b06aedea3a9dc2\nVolume 2:\n    StartingPath   big.bin 17\n    EndingPath     big.bin 32\n    Hash SHA1 fd6b56a46a21b84127e3ec87218106f72cebb9af\nVolume 3:\n    StartingPath   big.bin 33\n    EndingPath     hl1  \n    Hash SHA1 61068c0e0ff3e34dcc0b3e7de318bbf6f873a2fa\nFilelist 2\n    new      a/b\n    new      \"name\\x20with\\x20spaces.txt\"\n";
+
+    /// Fed a line at a time (as restores read manifests), the parser gives what `parse`
+    /// gives, whatever the file list holds: its lines (even one naming a file `Hash`) are
+    /// skipped, and a volume block after it still counts.
+    #[test]
+    fn streaming_parser_matches_parse_and_skips_the_file_list() {
+        let mut text = OBSERVED.replace("Filelist 2", "Filelist 4");
+        text.push_str("    new      Hash\n    changed  StartingPath\n");
+        text.push_str("Volume 4:\n    StartingPath   x  \n    EndingPath     y  \n");
+        let whole = Manifest::parse(text.as_bytes()).unwrap();
+        let mut p = ManifestParser::default();
+        for line in text.as_bytes().split_inclusive(|&b| b == b'\n') {
+            p.line(line).unwrap();
+        }
+        let streamed = p.finish().unwrap();
+        assert_eq!(streamed.volumes, whole.volumes);
+        assert_eq!(streamed.volumes.len(), 4);
+        assert_eq!(streamed.volumes[&3].sha1, whole.volumes[&3].sha1);
+        assert!(streamed.volumes[&3].sha1.is_some());
+        assert_eq!(streamed.hostname, whole.hostname);
+    }
 
     #[test]
     fn parses_and_reproduces_observed_manifest() {
