@@ -10,6 +10,40 @@ use flotilla_common::timespec::parse_interval;
 use flotilla_coordinator::server::{CoordinatorConfig, serve};
 use std::path::PathBuf;
 
+/// `print!`/`println!` through [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => { crate::emit(format_args!($($arg)*)) };
+}
+macro_rules! outln {
+    () => { crate::emit(format_args!("\n")) };
+    ($($arg:tt)*) => { crate::emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to stdout. When its reader has gone (`| head`, `| grep -q`) the command ends
+/// as Unix tools do, killed by SIGPIPE, instead of panicking in `println!`. SIGPIPE stays
+/// ignored everywhere else: network writes (`writev` on a socket a server reset) must
+/// come back as errors, not kill the process.
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        stdout_failed(e);
+    }
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // SAFETY: restores the default disposition and raises the signal; no Rust code
+        // runs in a handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+    }
+    eprintln!("flotilla: cannot write to stdout: {e}");
+    std::process::exit(1);
+}
+
 mod report_cli;
 mod restore_cli;
 
@@ -423,21 +457,8 @@ enum Command {
     },
 }
 
-/// A one-shot command whose output goes into a pipe closed early (`| head`, `| grep -q`)
-/// ends quietly, as Unix tools do, instead of panicking in `println!`. The server
-/// (`serve`) keeps Rust's default (SIGPIPE ignored, EPIPE reported as an error).
-fn quiet_on_closed_stdout() {
-    // SAFETY: only changes a signal disposition; no handler runs Rust code.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 fn main() {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve { .. }) {
-        quiet_on_closed_stdout();
-    }
     if let Err(e) = run(cli) {
         eprintln!("flotilla: error: {e:#}");
         std::process::exit(1);
@@ -562,13 +583,13 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::Ok((tokens, expires_at))
             })?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "token": tokens[0], "tokens": tokens, "expires_at": expires_at })
                 );
             } else {
                 for t in &tokens {
-                    println!("{t}");
+                    outln!("{t}");
                 }
                 eprintln!(
                     "single use (one per host), expires {}; enroll a host with: flotilla-agent enroll --coordinator {} --token TOKEN",
@@ -607,7 +628,7 @@ fn run(cli: Cli) -> Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let rows = hosts.iter().map(|h| {
                     let mut labels: Vec<String> =
@@ -633,7 +654,7 @@ fn run(cli: Cli) -> Result<()> {
                         time_text(h.last_seen),
                     ]
                 });
-                print!(
+                out!(
                     "{}",
                     table(
                         &[
@@ -692,7 +713,7 @@ fn run(cli: Cli) -> Result<()> {
                             "changes": c.changes})
                     })
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "revision": resp.revision, "stored": resp.stored, "changes": changes
@@ -700,21 +721,21 @@ fn run(cli: Cli) -> Result<()> {
                 );
             } else {
                 if resp.changes.is_empty() {
-                    println!("No host changes.");
+                    outln!("No host changes.");
                 }
                 for c in &resp.changes {
-                    println!("{} ({}):", c.host_id, c.hostname);
+                    outln!("{} ({}):", c.host_id, c.hostname);
                     for line in &c.changes {
-                        println!("  {line}");
+                        outln!("  {line}");
                     }
                 }
                 if resp.stored {
-                    println!(
+                    outln!(
                         "Stored as revision {}; pushing to connected agents (see `flotilla hosts`).",
                         resp.revision
                     );
                 } else {
-                    println!(
+                    outln!(
                         "Dry run: valid; would be revision {}. Nothing stored.",
                         resp.revision
                     );
@@ -735,7 +756,7 @@ fn run(cli: Cli) -> Result<()> {
             })?
             .into_inner();
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"revision": p.revision, "applied_at": p.applied_at, "toml": p.toml})
                 );
@@ -745,7 +766,7 @@ fn run(cli: Cli) -> Result<()> {
                     p.revision,
                     time_text(p.applied_at)
                 );
-                print!("{}", p.toml);
+                out!("{}", p.toml);
             }
             Ok(())
         }
@@ -770,21 +791,21 @@ fn run(cli: Cli) -> Result<()> {
             jobs.reverse();
             if json && !watch {
                 let v: Vec<_> = jobs.iter().map(job_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else if json {
                 for j in &jobs {
-                    println!("{}", job_json(j));
+                    outln!("{}", job_json(j));
                 }
             } else {
-                print!("{}", table(JOB_HEADERS, jobs.iter().map(job_row)));
+                out!("{}", table(JOB_HEADERS, jobs.iter().map(job_row)));
             }
             if watch {
                 let mut stream = c.watch_jobs(req).await.map_err(status_error)?.into_inner();
                 while let Some(j) = stream.message().await.map_err(status_error)? {
                     if json {
-                        println!("{}", job_json(&j));
+                        outln!("{}", job_json(&j));
                     } else {
-                        println!("{}", job_row(&j).join("  "));
+                        outln!("{}", job_row(&j).join("  "));
                     }
                 }
             }
@@ -810,19 +831,19 @@ fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .map(|c| c.sets.iter().map(set_json).collect::<Vec<_>>())
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(
                         &serde_json::json!({"host_id": host, "destination": r.destination, "chains": chains})
                     )?
                 );
             } else {
-                println!("{host}: {}", or_dash(&r.destination));
+                outln!("{host}: {}", or_dash(&r.destination));
                 if r.chains.is_empty() {
-                    println!("No backup sets recorded.");
+                    outln!("No backup sets recorded.");
                 }
                 for (i, chain) in r.chains.iter().enumerate() {
-                    println!("Chain {} ({} set(s)):", i + 1, chain.sets.len());
+                    outln!("Chain {} ({} set(s)):", i + 1, chain.sets.len());
                     let rows = chain.sets.iter().map(|s| {
                         vec![
                             s.kind.clone(),
@@ -836,7 +857,7 @@ fn run(cli: Cli) -> Result<()> {
                             },
                         ]
                     });
-                    print!(
+                    out!(
                         "{}",
                         table(&["  KIND", "TIME", "VOLUMES", "STORED", "FILES"], rows)
                     );
@@ -867,9 +888,9 @@ fn run(cli: Cli) -> Result<()> {
                 job = follow_job(&mut c, job, json).await?;
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
+                outln!("{}", serde_json::to_string_pretty(&job_json(&job))?);
             } else {
-                print!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
+                out!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
             }
             if wait && job.state != pb::JobState::Succeeded as i32 {
                 anyhow::bail!("job {} did not succeed: {}", job.job_id, job.error);
@@ -964,7 +985,7 @@ fn run(cli: Cli) -> Result<()> {
                 .map_err(status_error)
             })?
             .into_inner();
-            print!("{}", restore_cli::evidence_output(&list.restores, json)?);
+            out!("{}", restore_cli::evidence_output(&list.restores, json)?);
             Ok(())
         }
         Command::Ls {
@@ -1032,7 +1053,7 @@ fn run(cli: Cli) -> Result<()> {
             })?
             .into_inner();
             let report = report_cli::parse(&r.json)?;
-            print!("{}", report_cli::render(&r.json, &report, format)?);
+            out!("{}", report_cli::render(&r.json, &report, format)?);
             let mut failed = false;
             if let Some(lines) = report_cli::storage_disagreements(&report) {
                 for line in &lines {
@@ -1072,9 +1093,9 @@ fn run(cli: Cli) -> Result<()> {
             })?
             .into_inner();
             if json {
-                println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
+                outln!("{}", serde_json::to_string_pretty(&job_json(&job))?);
             } else {
-                print!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
+                out!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
                 if !job_done(&job) {
                     eprintln!("Cancel requested; the agent stops the job at the next file.");
                 }
@@ -1097,12 +1118,12 @@ fn run(cli: Cli) -> Result<()> {
             })?
             .into_inner();
             if delete_backups {
-                println!(
+                outln!(
                     "Removed {host}; deleted {} stored object(s).",
                     r.deleted_objects
                 );
             } else {
-                println!("Removed {host}; its backups are kept (--delete-backups deletes them).");
+                outln!("Removed {host}; its backups are kept (--delete-backups deletes them).");
             }
             Ok(())
         }
@@ -1125,18 +1146,19 @@ fn run(cli: Cli) -> Result<()> {
             })?
             .into_inner();
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"host_id": host, "url": url, "chains": r.chains,
                         "sets": r.sets, "incomplete": r.incomplete})
                 );
             } else {
-                println!(
+                outln!(
                     "Adopted {} chain(s), {} set(s) from {url} for {host}; its backups now go there.",
-                    r.chains, r.sets
+                    r.chains,
+                    r.sets
                 );
                 if r.incomplete > 0 {
-                    println!(
+                    outln!(
                         "{} incomplete set(s) (no manifest) were not registered.",
                         r.incomplete
                     );
@@ -1159,12 +1181,12 @@ fn run(cli: Cli) -> Result<()> {
             })?
             .into_inner();
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"hosts": r.hosts, "sets": r.sets, "errors": r.errors})
                 );
             } else {
-                println!("Rebuilt {} host(s): {} set(s).", r.hosts, r.sets);
+                outln!("Rebuilt {} host(s): {} set(s).", r.hosts, r.sets);
                 for e in &r.errors {
                     eprintln!("error: {e}");
                 }
@@ -1189,16 +1211,16 @@ fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "dir": dir, "files": files, "server_names": server_names })
                 );
             } else {
-                println!("Initialised the coordinator in {}:", dir.display());
+                outln!("Initialised the coordinator in {}:", dir.display());
                 for f in &report.files {
-                    println!("  {}", f.display());
+                    outln!("  {}", f.display());
                 }
-                println!(
+                outln!(
                     "The *.key files are secrets (mode 0600). Give admin.pem, admin.key and ca.pem \
                      to operators for the admin CLI; agents enroll with a token (`flotilla token create`)."
                 );
@@ -1226,7 +1248,7 @@ fn run(cli: Cli) -> Result<()> {
             let json = cred.to_json();
             match output {
                 Some(path) => write_secret(&path, &json)?,
-                None => println!("{json}"),
+                None => outln!("{json}"),
             }
             Ok(())
         }
@@ -1270,11 +1292,11 @@ fn run_restore_job(connect: &Connect, request: pb::RestoreRequest, json: bool) -
         }
         let job = follow_job(&mut c, job, json).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
+            outln!("{}", serde_json::to_string_pretty(&job_json(&job))?);
         } else {
-            print!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
+            out!("{}", table(JOB_HEADERS, std::iter::once(job_row(&job))));
             if let Some(o) = &job.restore {
-                print!(
+                out!(
                     "{}",
                     restore_cli::restore_summary(&job.source_host_id, &job.host_id, o)
                 );

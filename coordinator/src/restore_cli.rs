@@ -185,7 +185,7 @@ pub fn ls(
         );
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "host_id": host, "backup_time": backup_time, "paths": items,
@@ -198,7 +198,7 @@ pub fn ls(
             flotilla_common::archive::format_time(backup_time),
             rows.len()
         );
-        print!(
+        out!(
             "{}",
             crate::table(&["MODE", "OWNER", "SIZE", "MTIME", "PATH"], rows)
         );
@@ -294,7 +294,7 @@ pub fn restore_local(
     .map_err(anyhow::Error::msg)
     .with_context(|| format!("restoring {host}'s backup from {}", backups.destination))?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "host_id": host, "local": true, "note": note,
@@ -302,7 +302,7 @@ pub fn restore_local(
             }))?
         );
     } else {
-        print!("{}", restore_summary(host, "this machine", &outcome));
+        out!("{}", restore_summary(host, "this machine", &outcome));
     }
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
     Ok(())

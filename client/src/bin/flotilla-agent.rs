@@ -22,6 +22,40 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// `print!`/`println!` through [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => { crate::emit(format_args!($($arg)*)) };
+}
+macro_rules! outln {
+    () => { crate::emit(format_args!("\n")) };
+    ($($arg:tt)*) => { crate::emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to stdout. When its reader has gone (`| head`, `| grep -q`) the command ends
+/// as Unix tools do, killed by SIGPIPE, instead of panicking in `println!`. SIGPIPE stays
+/// ignored everywhere else: network writes (`writev` on a socket a server reset) must
+/// come back as errors, not kill the process.
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        stdout_failed(e);
+    }
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // SAFETY: restores the default disposition and raises the signal; no Rust code
+        // runs in a handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+    }
+    eprintln!("flotilla-agent: cannot write to stdout: {e}");
+    std::process::exit(1);
+}
+
 const AFTER_HELP: &str = "\
 Fleet: `flotilla-agent enroll --coordinator URL --token T --ca-cert ca.pem` once, then
 `flotilla-agent run` (systemd: deploy/flotilla-agent.service). The coordinator pushes the
@@ -388,18 +422,8 @@ fn selection_rules(m: &ArgMatches) -> Vec<(Rule, String)> {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
-}
-
-/// A one-shot command whose output goes into a pipe closed early (`| head`, `| grep -q`)
-/// ends quietly, as Unix tools do, instead of panicking in `println!`. The daemon (`run`)
-/// keeps Rust's default (SIGPIPE ignored, EPIPE reported as an error).
-fn quiet_on_closed_stdout() {
-    // SAFETY: only changes a signal disposition; no handler runs Rust code.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
 }
 
 fn main() {
@@ -415,9 +439,6 @@ fn main() {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    if !matches!(cli.command, Command::Run { .. }) {
-        quiet_on_closed_stdout();
-    }
     let config = match &cli.config {
         Some(path) => match flotilla_client::config::AgentConfig::load(path) {
             Ok(c) => c,
@@ -539,7 +560,7 @@ fn run_fleet(
                     "state_dir": state_dir,
                 }))?;
             } else {
-                println!(
+                outln!(
                     "Enrolled as {} with {}; identity in {}. Start the daemon: flotilla-agent run",
                     ident.host_id,
                     ident.coordinator_url,
@@ -752,7 +773,7 @@ fn run(
                     report.volumes,
                     report.objects.len()
                 );
-                print!("{}", report.stats.render());
+                out!("{}", report.stats.render());
             }
             Ok(if report.stats.errors > 0 { 1 } else { 0 })
         }
@@ -816,9 +837,11 @@ fn run(
                     items.push(p);
                 } else {
                     use std::io::Write;
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&p.render_bytes());
-                    let _ = out.write_all(b"\n");
+                    let mut line = p.render_bytes();
+                    line.push(b'\n');
+                    if let Err(e) = std::io::stdout().lock().write_all(&line) {
+                        stdout_failed(e);
+                    }
                 }
             })?;
             if json {
@@ -831,7 +854,7 @@ fn run(
             if cli.json {
                 print_json(&st)?;
             } else {
-                print!("{}", st.render());
+                out!("{}", st.render());
             }
             Ok(0)
         }
@@ -849,9 +872,9 @@ fn run(
                 print_json(&report)?;
             } else {
                 for d in &report.differences {
-                    println!("Difference found: {}: {}", d.path, d.what);
+                    outln!("Difference found: {}: {}", d.path, d.what);
                 }
-                println!(
+                outln!(
                     "Verify complete: {} path(s) compared, {} difference(s) found.",
                     report.compared,
                     report.differences.len()
@@ -885,7 +908,7 @@ fn report_retention(cli: &Cli, plan: &engine::retention::RetentionPlan) -> Resul
         return Ok(0);
     }
     if plan.objects.is_empty() {
-        println!("Nothing to delete ({} chain(s) kept).", plan.kept_chains);
+        outln!("Nothing to delete ({} chain(s) kept).", plan.kept_chains);
         return Ok(0);
     }
     let verb = if plan.deleted {
@@ -894,13 +917,13 @@ fn report_retention(cli: &Cli, plan: &engine::retention::RetentionPlan) -> Resul
         "Would delete"
     };
     for s in &plan.sets {
-        println!("{verb} set: {s}");
+        outln!("{verb} set: {s}");
     }
     for o in &plan.objects {
-        println!("  {o}");
+        outln!("  {o}");
     }
     if !plan.deleted {
-        println!("Dry run: nothing was deleted. Run again with --force to delete.");
+        outln!("Dry run: nothing was deleted. Run again with --force to delete.");
     }
     Ok(0)
 }
