@@ -901,7 +901,9 @@ class Flotilla(Tool):
                          "chosen per 1 MiB: stored if incompressible, else 1 or 2)"
                          + (f"; extra backup args: {args.flotilla_backup_args}" if args.flotilla_backup_args else "")
                          + (f"; extra restore args: {args.flotilla_restore_args}" if args.flotilla_restore_args else "")
-                         + "; restore uses a fresh, empty --state-dir")
+                         + "; restore uses a fresh, empty --state-dir and, by default, reads the "
+                         "restored tree back to check it against the backup's signatures (the "
+                         "peers do not; --flotilla-restore-args=--no-verify skips it)")
 
     def available(self):
         if not os.path.isfile(self.bin) or not os.access(self.bin, os.X_OK):
