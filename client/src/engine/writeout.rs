@@ -9,7 +9,11 @@
 //! them to exist), and a directory's final metadata waits until every file handed out
 //! before it was closed is written (see [`Writers::submitted`] and [`Writers::done`]).
 //!
-//! Memory is bounded: at most [`QUEUE`] jobs of at most [`SMALL_FILE`] bytes are in flight.
+//! Jobs go to the threads in batches ([`BATCH_JOBS`] jobs or [`BATCH_BYTES`]): one hand-off,
+//! one wake-up and one bookkeeping update per batch instead of per file (a tree of small
+//! files otherwise spends a good part of its system time switching threads).
+//!
+//! Memory is bounded: at most [`QUEUE`] batches of about [`BATCH_BYTES`] are in flight.
 
 use super::error::{EngineError, Result};
 use std::fs::File;
@@ -22,10 +26,14 @@ use std::thread::JoinHandle;
 
 /// Files up to this size are handed to the writer threads whole.
 pub(crate) const SMALL_FILE: usize = 128 * 1024;
-/// Jobs queued for the writer threads.
-const QUEUE: usize = 32;
+/// Batches queued for the writer threads.
+const QUEUE: usize = 4;
+/// A batch is handed over once it holds this many jobs...
+const BATCH_JOBS: usize = 16;
+/// ...or this many bytes of content.
+const BATCH_BYTES: usize = 512 * 1024;
 /// Emptied buffers kept for reuse.
-const RECYCLED: usize = 8;
+const RECYCLED: usize = 16;
 
 /// Metadata a restored file gets once its content is written.
 #[derive(Clone, Copy, Debug)]
@@ -77,16 +85,30 @@ struct Shared {
 /// The writer threads of one restore. Dropping it skips what is still queued and joins
 /// the threads.
 pub(crate) struct Writers {
-    tx: Option<SyncSender<(u64, Job)>>,
+    tx: Option<SyncSender<Batch>>,
     recycled: Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
     submitted: u64,
+    /// Jobs not handed over yet, with their sequence numbers.
+    pending: Batch,
+    pending_bytes: usize,
+}
+
+type Batch = Vec<(u64, Job)>;
+
+impl Job {
+    fn content_len(&self) -> usize {
+        match self {
+            Job::File { data, .. } | Job::WriteAt { data, .. } => data.len(),
+            Job::Symlink { target, .. } => target.len(),
+        }
+    }
 }
 
 impl Writers {
     pub(crate) fn new(threads: usize) -> Writers {
-        let (tx, rx) = sync_channel::<(u64, Job)>(QUEUE);
+        let (tx, rx) = sync_channel::<Batch>(QUEUE);
         let (recycle_tx, recycled) = sync_channel::<Vec<u8>>(RECYCLED);
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared::default());
@@ -107,6 +129,8 @@ impl Writers {
             shared,
             handles,
             submitted: 0,
+            pending: Vec::with_capacity(BATCH_JOBS),
+            pending_bytes: 0,
         }
     }
 
@@ -120,15 +144,30 @@ impl Writers {
     /// Queues a job (blocks while the queue is full). A writer's earlier failure is
     /// returned here.
     pub(crate) fn submit(&mut self, job: Job) -> Result<()> {
+        self.pending_bytes += job.content_len();
+        self.pending.push((self.submitted, job));
+        self.submitted += 1;
+        if self.pending.len() >= BATCH_JOBS || self.pending_bytes >= BATCH_BYTES {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending batch to the threads.
+    fn hand_over(&mut self) -> Result<()> {
         self.take_error()?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH_JOBS));
+        self.pending_bytes = 0;
         let tx = self.tx.as_ref().expect("writers running");
-        if tx.send((self.submitted, job)).is_err() {
+        if tx.send(batch).is_err() {
             return Err(EngineError::io(
                 Path::new("restore writers"),
                 io::Error::other("the writer threads stopped"),
             ));
         }
-        self.submitted += 1;
         Ok(())
     }
 
@@ -144,7 +183,8 @@ impl Writers {
     }
 
     /// Waits until every job submitted so far is written; returns the first failure.
-    pub(crate) fn wait_all(&self) -> Result<()> {
+    pub(crate) fn wait_all(&mut self) -> Result<()> {
+        self.hand_over()?;
         let mut st = self.shared.state.lock().expect("writers state");
         while st.done < self.submitted && st.error.is_none() {
             st = self.shared.changed.wait(st).expect("writers state");
@@ -180,27 +220,39 @@ impl Drop for Writers {
     }
 }
 
-fn worker(rx: &Mutex<Receiver<(u64, Job)>>, shared: &Shared, recycle: &SyncSender<Vec<u8>>) {
+fn worker(rx: &Mutex<Receiver<Batch>>, shared: &Shared, recycle: &SyncSender<Vec<u8>>) {
     loop {
-        let (seq, job) = {
+        let batch = {
             let Ok(rx) = rx.lock() else { return };
             match rx.recv() {
-                Ok(job) => job,
+                Ok(batch) => batch,
                 Err(_) => return,
             }
         };
-        let skip = {
+        let mut skip = {
             let st = shared.state.lock().expect("writers state");
             st.cancelled || st.error.is_some()
         };
-        let result = if skip { Ok(()) } else { run(job, recycle) };
+        let mut failure = None;
+        let mut seqs = Vec::with_capacity(batch.len());
+        for (seq, job) in batch {
+            seqs.push(seq);
+            if skip {
+                continue;
+            }
+            if let Err(e) = run(job, recycle) {
+                // The rest of the batch is skipped, as later batches will be.
+                failure = Some(e);
+                skip = true;
+            }
+        }
         let mut st = shared.state.lock().expect("writers state");
-        st.finished_early.insert(seq);
+        st.finished_early.extend(seqs);
         while st.finished_early.first() == Some(&st.done) {
             st.finished_early.pop_first();
             st.done += 1;
         }
-        if let Err(e) = result
+        if let Some(e) = failure
             && st.error.is_none()
         {
             st.error = Some(e);
