@@ -952,7 +952,7 @@ impl TreeSink for StagingSink {
                     return self.complete(Completed::File(file, path, meta));
                 }
                 Content::None => {
-                    let data = self.writers.buffer();
+                    let data = Vec::new();
                     let meta = self.final_meta(meta);
                     return self.writers.submit(Job::File { path, data, meta });
                 }

@@ -33,7 +33,7 @@ const BATCH_JOBS: usize = 16;
 /// ...or this many bytes of content.
 const BATCH_BYTES: usize = 512 * 1024;
 /// Emptied buffers kept for reuse.
-const RECYCLED: usize = 16;
+const RECYCLED: usize = 8;
 
 /// Metadata a restored file gets once its content is written.
 #[derive(Clone, Copy, Debug)]
@@ -93,6 +93,8 @@ pub(crate) struct Writers {
     /// Jobs not handed over yet, with their sequence numbers.
     pending: Batch,
     pending_bytes: usize,
+    /// [`SMALL_FILE`] buffers whose content was queued as an exact-size copy.
+    spare: Vec<Vec<u8>>,
 }
 
 type Batch = Vec<(u64, Job)>;
@@ -131,19 +133,33 @@ impl Writers {
             submitted: 0,
             pending: Vec::with_capacity(BATCH_JOBS),
             pending_bytes: 0,
+            spare: Vec::new(),
         }
     }
 
     /// An empty buffer for a small file's content (recycled when possible).
-    pub(crate) fn buffer(&self) -> Vec<u8> {
-        self.recycled
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(SMALL_FILE))
+    pub(crate) fn buffer(&mut self) -> Vec<u8> {
+        self.spare
+            .pop()
+            .or_else(|| self.recycled.try_recv().ok())
+            .unwrap_or_else(|| Vec::with_capacity(SMALL_FILE))
     }
 
     /// Queues a job (blocks while the queue is full). A writer's earlier failure is
     /// returned here.
-    pub(crate) fn submit(&mut self, job: Job) -> Result<()> {
+    pub(crate) fn submit(&mut self, mut job: Job) -> Result<()> {
+        if let Job::File { data, .. } = &mut job
+            && data.capacity() > 2 * data.len() + 4096
+        {
+            // Most files are far smaller than their buffer: queue an exact copy (a batch
+            // then holds what it counts) and keep the buffer for the next file.
+            let exact = data.to_vec();
+            let mut buffer = std::mem::replace(data, exact);
+            if self.spare.len() < RECYCLED {
+                buffer.clear();
+                self.spare.push(buffer);
+            }
+        }
         self.pending_bytes += job.content_len();
         self.pending.push((self.submitted, job));
         self.submitted += 1;
@@ -264,30 +280,24 @@ fn worker(rx: &Mutex<Receiver<Batch>>, shared: &Shared, recycle: &SyncSender<Vec
 
 fn run(job: Job, recycle: &SyncSender<Vec<u8>>) -> Result<()> {
     match job {
-        Job::File {
-            path,
-            mut data,
-            meta,
-        } => {
+        Job::File { path, data, meta } => {
             let io_err = |e| EngineError::io(&path, e);
             let mut f = create_new_file(&path).map_err(io_err)?;
             f.write_all(&data).map_err(io_err)?;
             apply_meta_fd(&f, &meta).map_err(io_err)?;
-            data.clear();
-            let _ = recycle.try_send(data);
+            recycle_buffer(data, recycle);
             Ok(())
         }
         Job::WriteAt {
             file,
             path,
             offset,
-            mut data,
+            data,
         } => {
             use std::os::unix::fs::FileExt;
             file.write_all_at(&data, offset)
                 .map_err(|e| EngineError::io(&path, e))?;
-            data.clear();
-            let _ = recycle.try_send(data);
+            recycle_buffer(data, recycle);
             Ok(())
         }
         Job::Symlink {
@@ -304,6 +314,14 @@ fn run(job: Job, recycle: &SyncSender<Vec<u8>>) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Returns a [`SMALL_FILE`] buffer for reuse (exact-size copies are just freed).
+fn recycle_buffer(mut data: Vec<u8>, recycle: &SyncSender<Vec<u8>>) {
+    if data.capacity() >= SMALL_FILE {
+        data.clear();
+        let _ = recycle.try_send(data);
     }
 }
 
