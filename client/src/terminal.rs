@@ -1,5 +1,6 @@
-//! A progress bar on the terminal (stderr), shared by the binaries: the engine reports
-//! through [`Progress`]; a job followed over gRPC updates [`TerminalProgress::show`].
+//! Terminal input and output shared by the binaries: a progress bar on stderr (the engine
+//! reports through [`Progress`]; a job followed over gRPC updates
+//! [`TerminalProgress::show`]), prompts, and stdout through [`emit`] ([`out!`]/[`outln!`]).
 
 use crate::engine::progress::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -160,4 +161,48 @@ pub fn ask_yes_no(question: &str) -> Option<bool> {
     let mut line = String::new();
     std::io::BufReader::new(&tty).read_line(&mut line).ok()?;
     Some(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
+}
+
+/// `print!` through [`emit`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::terminal::emit(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`emit`].
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::terminal::emit(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::terminal::emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to stdout. When its reader has gone (`| head`, `| grep -q`) the command ends
+/// as Unix tools do, killed by SIGPIPE, instead of panicking in `println!`. SIGPIPE stays
+/// ignored everywhere else: network writes (`writev` on a socket a server reset) must
+/// come back as errors, not kill the process.
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        stdout_failed(e);
+    }
+}
+
+/// Ends the process after a failed write to stdout: by SIGPIPE when the reader has gone,
+/// else with status 1 and a message.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // SAFETY: restores the default disposition and raises the signal; no Rust code
+        // runs in a handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+    }
+    let program = std::env::args()
+        .next()
+        .and_then(|a| a.rsplit('/').next().map(str::to_string))
+        .unwrap_or_else(|| "flotilla".into());
+    eprintln!("{program}: cannot write to stdout: {e}");
+    std::process::exit(1);
 }

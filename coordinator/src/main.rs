@@ -3,46 +3,13 @@
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use flotilla_client::{out, outln};
 use flotilla_common::policy::PolicySet;
 use flotilla_common::proto::v1 as pb;
 use flotilla_common::storage::{Access, Credentials, Destination, scoped};
 use flotilla_common::timespec::parse_interval;
 use flotilla_coordinator::server::{CoordinatorConfig, serve};
 use std::path::PathBuf;
-
-/// `print!`/`println!` through [`emit`].
-macro_rules! out {
-    ($($arg:tt)*) => { crate::emit(format_args!($($arg)*)) };
-}
-macro_rules! outln {
-    () => { crate::emit(format_args!("\n")) };
-    ($($arg:tt)*) => { crate::emit(format_args!("{}\n", format_args!($($arg)*))) };
-}
-
-/// Writes to stdout. When its reader has gone (`| head`, `| grep -q`) the command ends
-/// as Unix tools do, killed by SIGPIPE, instead of panicking in `println!`. SIGPIPE stays
-/// ignored everywhere else: network writes (`writev` on a socket a server reset) must
-/// come back as errors, not kill the process.
-fn emit(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
-        stdout_failed(e);
-    }
-}
-
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        // SAFETY: restores the default disposition and raises the signal; no Rust code
-        // runs in a handler.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::raise(libc::SIGPIPE);
-        }
-    }
-    eprintln!("flotilla: cannot write to stdout: {e}");
-    std::process::exit(1);
-}
 
 mod report_cli;
 mod restore_cli;

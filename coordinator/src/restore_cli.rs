@@ -6,6 +6,7 @@
 use anyhow::{Context as _, Result};
 use flotilla_client::engine::{self, Context};
 use flotilla_client::terminal::{TerminalProgress, prompt_secret};
+use flotilla_client::{out, outln};
 use flotilla_common::proto::v1 as pb;
 use flotilla_common::storage::{
     Credentials, OpenOptions, RetryPolicy, ScopedCredential, open_blocking_with,

@@ -9,6 +9,8 @@ use flotilla_client::engine::progress::{NoProgress, SharedProgress};
 use flotilla_client::engine::restore::RestoreOptions;
 use flotilla_client::engine::select::Rule;
 use flotilla_client::engine::{self, Context, EngineError, cache::default_state_dir};
+use flotilla_client::terminal::stdout_failed;
+use flotilla_client::{out, outln};
 use flotilla_common::archive::{Index, format_time};
 use flotilla_common::crypto::{
     Compression, DecryptionKeys, EncryptionSpec, Passphrase, PublicKey, SecretKey,
@@ -21,40 +23,6 @@ use flotilla_common::timespec::{parse_interval, parse_time};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// `print!`/`println!` through [`emit`].
-macro_rules! out {
-    ($($arg:tt)*) => { crate::emit(format_args!($($arg)*)) };
-}
-macro_rules! outln {
-    () => { crate::emit(format_args!("\n")) };
-    ($($arg:tt)*) => { crate::emit(format_args!("{}\n", format_args!($($arg)*))) };
-}
-
-/// Writes to stdout. When its reader has gone (`| head`, `| grep -q`) the command ends
-/// as Unix tools do, killed by SIGPIPE, instead of panicking in `println!`. SIGPIPE stays
-/// ignored everywhere else: network writes (`writev` on a socket a server reset) must
-/// come back as errors, not kill the process.
-fn emit(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
-        stdout_failed(e);
-    }
-}
-
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        // SAFETY: restores the default disposition and raises the signal; no Rust code
-        // runs in a handler.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::raise(libc::SIGPIPE);
-        }
-    }
-    eprintln!("flotilla-agent: cannot write to stdout: {e}");
-    std::process::exit(1);
-}
 
 const AFTER_HELP: &str = "\
 Fleet: `flotilla-agent enroll --coordinator URL --token T --ca-cert ca.pem` once, then
