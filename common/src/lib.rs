@@ -13,3 +13,4 @@ pub mod proto;
 pub mod schedule;
 pub mod storage;
 pub mod timespec;
+pub mod write_behind;

@@ -7,11 +7,10 @@ use flotilla_common::archive::manifest::{Manifest, ManifestParser};
 use flotilla_common::archive::names::{ObjectKind, ObjectName, SetTimes};
 use flotilla_common::crypto::{self, DecryptionKeys, EncryptionSpec, MessageWriter};
 use flotilla_common::storage::{BlockingStore, ObjectWriter};
+use flotilla_common::write_behind::WriteBehind;
 use sha1::{Digest, Sha1};
 use std::io::{self, Read, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 /// The encoding of a backup's objects.
 #[derive(Clone)]
@@ -40,7 +39,8 @@ impl Codec {
         };
         let inner = match self {
             Codec::Encrypted(spec) => {
-                let offload = Offload::spawn(hashed).map_err(|e| EngineError::io("thread", e))?;
+                let offload = Offload::spawn(hashed, "object-upload", OFFLOAD_CHUNK, OFFLOAD_DEPTH)
+                    .map_err(|e| EngineError::io("thread", e))?;
                 Inner::Pgp(Box::new(spec.writer(offload).map_err(|e| {
                     EngineError::Crypto {
                         object: "new object".into(),
@@ -76,110 +76,18 @@ impl Write for Sha1Writer {
     }
 }
 
-/// Bytes handed to the [`Offload`] thread at a time.
+/// Encrypted objects are hashed and uploaded on a thread of their own (`object-upload`):
+/// AES-CFB encryption is serial within a message and the encryption thread also computes
+/// the integrity SHA-1; with the SHA-1 of the stored bytes and the upload beside it, that
+/// thread limited the backup on incompressible data (media, archives), where little else
+/// runs. Bytes handed over at a time:
 const OFFLOAD_CHUNK: usize = 1 << 20;
 /// Hand-offs queued for it.
 const OFFLOAD_DEPTH: usize = 2;
 
-/// Hashes and uploads an encrypted object's bytes on a thread of its own (`object-upload`).
-/// AES-CFB encryption is serial within a message and the encryption thread also computes
-/// the integrity SHA-1: with the SHA-1 of the stored bytes and the upload beside it, that
-/// thread limited the backup on incompressible data (media, archives), where little else
-/// runs. Errors of the upload come back from the next write or from [`Offload::finish`].
-struct Offload {
-    tx: Option<SyncSender<Vec<u8>>>,
-    recycled: Receiver<Vec<u8>>,
-    pending: Vec<u8>,
-    handle: Option<JoinHandle<io::Result<Sha1Writer>>>,
-}
-
-impl Offload {
-    fn spawn(mut inner: Sha1Writer) -> io::Result<Self> {
-        let (tx, rx) = sync_channel::<Vec<u8>>(OFFLOAD_DEPTH);
-        let (recycle_tx, recycled) = sync_channel::<Vec<u8>>(OFFLOAD_DEPTH + 2);
-        let handle = std::thread::Builder::new()
-            .name("object-upload".into())
-            .spawn(move || {
-                for mut buf in rx {
-                    inner.write_all(&buf)?;
-                    buf.clear();
-                    let _ = recycle_tx.try_send(buf);
-                }
-                Ok(inner)
-            })?;
-        Ok(Offload {
-            tx: Some(tx),
-            recycled,
-            pending: Vec::new(),
-            handle: Some(handle),
-        })
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        let next = self.recycled.try_recv().unwrap_or_default();
-        let full = std::mem::replace(&mut self.pending, next);
-        if let Some(tx) = &self.tx
-            && tx.send(full).is_ok()
-        {
-            return Ok(());
-        }
-        // The thread stopped: its error says why.
-        match self.join() {
-            Err(e) => Err(e),
-            Ok(_) => Err(io::Error::other("the upload thread stopped")),
-        }
-    }
-
-    fn join(&mut self) -> io::Result<Sha1Writer> {
-        self.tx = None;
-        let handle = self
-            .handle
-            .take()
-            .ok_or_else(|| io::Error::other("the upload thread stopped"))?;
-        handle
-            .join()
-            .map_err(|_| io::Error::other("the upload thread panicked"))?
-    }
-
-    fn finish(mut self) -> io::Result<Sha1Writer> {
-        if !self.pending.is_empty() {
-            self.send()?;
-        }
-        self.join()
-    }
-}
-
-impl Write for Offload {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.pending.capacity() == 0 {
-            self.pending.reserve(OFFLOAD_CHUNK + 64);
-        }
-        self.pending.extend_from_slice(buf);
-        if self.pending.len() >= OFFLOAD_CHUNK {
-            self.send()?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            Ok(())
-        } else {
-            self.send()
-        }
-    }
-}
-
-impl Drop for Offload {
-    /// Without `finish` (an error elsewhere): the thread ends and drops the upload, which
-    /// leaves no object behind.
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
+/// Dropped without `finish` (an error elsewhere), its thread ends and drops the upload,
+/// which leaves no object behind.
+type Offload = WriteBehind<Sha1Writer>;
 
 enum Inner {
     Pgp(Box<MessageWriter<Offload>>),

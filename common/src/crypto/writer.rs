@@ -1,8 +1,6 @@
 //! Push-based OpenPGP message writer (see the module documentation for the layout).
 
 use std::io::{self, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::JoinHandle;
 
 use aes::Aes256;
 use cfb_mode::BufEncryptor;
@@ -23,6 +21,7 @@ use super::compress::{CHUNK, Deflater, Effort, Sink, zlib_header};
 use super::error::CryptoError;
 use super::keys::{KeyRef, SecretKey, SigningComponent, now, select_encryption_key};
 use super::{Compression, EncryptionSpec, default_threads};
+use crate::write_behind::WriteBehind;
 
 /// SEIPD partial body part: 2^20 bytes.
 const PART_LOG2: u8 = 20;
@@ -412,7 +411,7 @@ const HANDOFF_DEPTH: usize = 2;
 /// workers instead of after them.
 struct Output<W: Write + Send + 'static> {
     here: Option<Framer<W>>,
-    thread: Option<FramerThread<W>>,
+    thread: Option<WriteBehind<FramerWrite<W>>>,
     may_spawn: bool,
     seen: usize,
 }
@@ -429,7 +428,7 @@ impl<W: Write + Send + 'static> Output<W> {
 
     fn finish(mut self) -> Result<W, CryptoError> {
         let framer = match self.thread.take() {
-            Some(t) => t.finish()?,
+            Some(t) => t.finish()?.0,
             None => self.here.take().ok_or(CryptoError::WriterFailed)?,
         };
         framer.finish()
@@ -439,13 +438,18 @@ impl<W: Write + Send + 'static> Output<W> {
 impl<W: Write + Send + 'static> Sink for Output<W> {
     fn put(&mut self, data: &[u8]) -> Result<(), CryptoError> {
         if let Some(t) = &mut self.thread {
-            return t.put(data);
+            return Ok(t.write_all(data)?);
         }
         self.seen += data.len();
         if self.may_spawn && self.seen > CHUNK {
             let framer = self.here.take().ok_or(CryptoError::WriterFailed)?;
-            let t = self.thread.insert(FramerThread::spawn(framer)?);
-            return t.put(data);
+            let t = self.thread.insert(WriteBehind::spawn(
+                FramerWrite(framer),
+                "pgp-encrypt",
+                HANDOFF,
+                HANDOFF_DEPTH,
+            )?);
+            return Ok(t.write_all(data)?);
         }
         self.here
             .as_mut()
@@ -454,92 +458,16 @@ impl<W: Write + Send + 'static> Sink for Output<W> {
     }
 }
 
-/// A [`Framer`] running on its own thread, fed through a bounded channel; buffers go back
-/// for reuse. Dropping it stops and joins the thread.
-struct FramerThread<W: Write + Send + 'static> {
-    tx: Option<SyncSender<Vec<u8>>>,
-    recycled: Receiver<Vec<u8>>,
-    pending: Vec<u8>,
-    handle: Option<JoinHandle<Result<Framer<W>, CryptoError>>>,
-}
+/// A [`Framer`] as the `io::Write` a [`WriteBehind`] runs on its thread.
+struct FramerWrite<W: Write>(Framer<W>);
 
-impl<W: Write + Send + 'static> FramerThread<W> {
-    fn spawn(mut framer: Framer<W>) -> Result<Self, CryptoError> {
-        let (tx, rx) = sync_channel::<Vec<u8>>(HANDOFF_DEPTH);
-        let (recycle_tx, recycled) = sync_channel::<Vec<u8>>(HANDOFF_DEPTH + 2);
-        let handle = std::thread::Builder::new()
-            .name("pgp-encrypt".into())
-            .spawn(move || {
-                for mut buf in rx {
-                    framer.put(&buf)?;
-                    buf.clear();
-                    let _ = recycle_tx.try_send(buf);
-                }
-                Ok(framer)
-            })
-            .map_err(CryptoError::Io)?;
-        Ok(FramerThread {
-            tx: Some(tx),
-            recycled,
-            pending: Vec::with_capacity(HANDOFF),
-            handle: Some(handle),
-        })
+impl<W: Write> Write for FramerWrite<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.put(buf).map_err(CryptoError::into_io)?;
+        Ok(buf.len())
     }
-
-    fn put(&mut self, mut data: &[u8]) -> Result<(), CryptoError> {
-        while !data.is_empty() {
-            let n = (HANDOFF - self.pending.len()).min(data.len());
-            self.pending.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.pending.len() == HANDOFF {
-                self.send()?;
-            }
-        }
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-
-    fn send(&mut self) -> Result<(), CryptoError> {
-        let next = self
-            .recycled
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(HANDOFF));
-        let full = std::mem::replace(&mut self.pending, next);
-        let sent = match &self.tx {
-            Some(tx) => tx.send(full).is_ok(),
-            None => false,
-        };
-        if sent {
-            return Ok(());
-        }
-        // The thread stopped: its error says why.
-        match self.join() {
-            Err(e) => Err(e),
-            Ok(_) => Err(CryptoError::WriterFailed),
-        }
-    }
-
-    fn join(&mut self) -> Result<Framer<W>, CryptoError> {
-        self.tx = None;
-        let handle = self.handle.take().ok_or(CryptoError::WriterFailed)?;
-        handle
-            .join()
-            .map_err(|_| CryptoError::Io(io::Error::other("the encryption thread panicked")))?
-    }
-
-    fn finish(mut self) -> Result<Framer<W>, CryptoError> {
-        if !self.pending.is_empty() {
-            self.send()?;
-        }
-        self.join()
-    }
-}
-
-impl<W: Write + Send + 'static> Drop for FramerThread<W> {
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 
