@@ -229,8 +229,10 @@ enum Command {
         /// Set owners from the stored numeric ids, not the user/group names.
         #[arg(long)]
         numeric_owner: bool,
-        /// Skip the check of the restored tree against the backup's signature files
-        /// (every file's data hashed, metadata compared) that runs after the restore.
+        /// Skip the check against the backup's signature files, which are stored apart
+        /// from the data: by default every file's data is hashed as it is written, and
+        /// the restored tree's paths and metadata are compared after the restore. (To
+        /// compare a tree on disk with the backup byte for byte, use `verify`.)
         #[arg(long)]
         no_verify: bool,
         #[command(flatten)]

@@ -858,7 +858,7 @@ fn walk_and_store(
                 count_source(run, &src);
                 o.meta.uid = run.owners.local_uid(&o.meta.uname, o.meta.uid);
                 o.meta.gid = run.owners.local_gid(&o.meta.gname, o.meta.gid);
-                if !src.meta.same_as(&o.meta) {
+                if !src.meta.same_as(&o.meta) || size_changed(&src, &o) {
                     run.changed_path(&src, &o)?;
                 } else if src.meta.kind == FileKind::Regular {
                     ctx.progress.bytes(src.size);
@@ -870,6 +870,18 @@ fn walk_and_store(
             return Err(EngineError::Interrupted);
         }
     }
+}
+
+/// A regular file whose size is outside what its stored signature describes changed,
+/// even with the same integer mtime (a file appended to within the second after the
+/// previous backup read it, which mtime alone, as duplicity compares, would miss).
+fn size_changed(src: &SourceEntry, old: &SigEntry) -> bool {
+    src.meta.kind == FileKind::Regular
+        && old
+            .signature
+            .as_deref()
+            .and_then(flotilla_common::archive::rsync::size_bounds)
+            .is_some_and(|(lo, hi)| src.size < lo || src.size > hi)
 }
 
 fn count_source(run: &mut Run, src: &SourceEntry) {

@@ -12,7 +12,11 @@ use super::Context;
 use super::codec::open_object_prefetched;
 use super::error::{EngineError, Result};
 use super::owners::Owners;
-use super::writeout::{FinalMeta, Job, SMALL_FILE, Writers, apply_meta_fd, create_new_file};
+use super::sigstate::SignatureState;
+use super::verify::RestoreCheck;
+use super::writeout::{
+    Expected, FinalMeta, Job, SMALL_FILE, Writers, apply_meta_fd, create_new_file,
+};
 use flotilla_common::archive::entry::{EntryKind, EntryName};
 use flotilla_common::archive::rsync::apply_delta;
 use flotilla_common::archive::tarfmt::{self, TarHeader, TarReader};
@@ -626,8 +630,8 @@ pub struct RestoreOptions {
     pub restore_owner: bool,
     /// Use the stored numeric ids, not the names.
     pub numeric_owner: bool,
-    /// After the restore, check the restored tree against the backup's signature
-    /// files (`verify::check_restored`).
+    /// Check the restored data against the backup's signature files as it is written,
+    /// and the restored tree's metadata after the restore (`verify::check_restored`).
     pub verify: bool,
 }
 
@@ -646,7 +650,7 @@ pub struct RestoreReport {
     /// Where the restored root landed (the target, or a file in it).
     pub restored_root: PathBuf,
     /// The check against the signatures, when asked for.
-    pub check: Option<super::verify::RestoreCheck>,
+    pub check: Option<RestoreCheck>,
 }
 
 fn to_cstring(p: &Path) -> io::Result<CString> {
@@ -695,6 +699,57 @@ struct StagingSink {
     /// Closed directories whose final metadata waits for the files handed to the writers
     /// before they were closed: (jobs submitted at the close, path, metadata).
     closed_dirs: VecDeque<(u64, Completed)>,
+    /// The backup's signatures, when the restored data is checked as it is written.
+    signatures: Option<SignatureLookup>,
+}
+
+/// The backup's signature files read in step with the restore (both go in index order),
+/// so each regular file's data can be checked against its signature as it is written.
+pub(crate) struct SignatureLookup {
+    state: SignatureState,
+    /// The restored path (entries are re-rooted at it).
+    prefix: Index,
+    /// Why the signatures could not be read to the end (the restore goes on unchecked:
+    /// damaged signatures say nothing about the data).
+    broken: Option<String>,
+}
+
+impl SignatureLookup {
+    /// The stored signature of `rel` (relative to the prefix), if the backup has one;
+    /// the paths before it are skipped.
+    fn signature_of(&mut self, rel: &Index) -> Option<Vec<u8>> {
+        if self.broken.is_some() {
+            return None;
+        }
+        match self.find(rel) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("the restore's data goes unchecked: {e}");
+                self.broken = Some(format!("the signature files could not be read: {e}"));
+                None
+            }
+        }
+    }
+
+    fn find(&mut self, rel: &Index) -> Result<Option<Vec<u8>>> {
+        loop {
+            let Some(e) = self.state.peek()? else {
+                return Ok(None);
+            };
+            match e.index.strip_prefix(&self.prefix) {
+                Some(r) => match r.cmp(rel) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => {
+                        return Ok(self.state.next_entry()?.and_then(|e| e.signature));
+                    }
+                    std::cmp::Ordering::Greater => return Ok(None),
+                },
+                None if e.index < self.prefix => {}
+                None => return Ok(None),
+            }
+            self.state.next_entry()?;
+        }
+    }
 }
 
 /// A directory or large file whose content is complete once the writers catch up.
@@ -827,6 +882,93 @@ impl StagingSink {
         Ok(())
     }
 
+    /// Writes a regular file: small ones whole by a writer, large ones created here and
+    /// written in pieces by the writers; `check` is its signature to check the data
+    /// against as it is written.
+    fn regular_file(
+        &mut self,
+        index: &Index,
+        path: PathBuf,
+        meta: &FileMeta,
+        content: Content<'_>,
+        check: Option<Arc<Expected>>,
+    ) -> Result<()> {
+        let io_err = |e| EngineError::io(&path, e);
+        match content {
+            Content::Scratch(scratch) => {
+                // Opened before its final mode is set, which may forbid reading it.
+                let opened = match &check {
+                    Some(_) => {
+                        Some(File::open(&scratch).map_err(|e| EngineError::io(&scratch, e))?)
+                    }
+                    None => None,
+                };
+                std::fs::rename(&scratch, &path).map_err(io_err)?;
+                self.apply_meta(&path, meta).map_err(io_err)?;
+                match (opened, check) {
+                    (Some(file), Some(check)) => {
+                        self.writers.submit(Job::Check { file, path, check })
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Content::Stream(r) => {
+                let read_err = |e| EngineError::from_object_io(&index.display(), e);
+                // Pieces of whole signature blocks, so that each can be checked apart.
+                let piece_len = check.as_ref().map_or(SMALL_FILE, |c| c.piece_len()) as u64;
+                let mut head = self.writers.buffer();
+                r.take(piece_len).read_to_end(&mut head).map_err(read_err)?;
+                if (head.len() as u64) < piece_len {
+                    let meta = self.final_meta(meta);
+                    return self.writers.submit(Job::File {
+                        path,
+                        data: head,
+                        meta,
+                        check,
+                    });
+                }
+                // A large file: created here, its pieces written by the writers at
+                // their offsets (copying into the page cache is most of a restore's
+                // CPU time; this way both cores do it).
+                let file = Arc::new(create_new_file(&path).map_err(io_err)?);
+                let mut offset = 0u64;
+                let mut piece = head;
+                loop {
+                    let n = piece.len() as u64;
+                    self.writers.submit(Job::WriteAt {
+                        file: Arc::clone(&file),
+                        path: path.clone(),
+                        offset,
+                        data: piece,
+                        check: check.clone(),
+                    })?;
+                    offset += n;
+                    piece = self.writers.buffer();
+                    r.take(piece_len)
+                        .read_to_end(&mut piece)
+                        .map_err(read_err)?;
+                    if piece.is_empty() {
+                        break;
+                    }
+                }
+                if let Some(check) = &check {
+                    self.writers.check_file_size(check, offset);
+                }
+                let meta = self.final_meta(meta);
+                self.complete(Completed::File(file, path, meta))
+            }
+            Content::None => {
+                let meta = self.final_meta(meta);
+                self.writers.submit(Job::File {
+                    path,
+                    data: Vec::new(),
+                    meta,
+                    check,
+                })
+            }
+        }
+    }
+
     /// The parent of `path` must be a directory this restore created (never a symlink
     /// from the archive, which could point outside the target).
     fn check_parent(&mut self, index: &Index, path: &Path) -> Result<()> {
@@ -907,56 +1049,15 @@ impl TreeSink for StagingSink {
                 self.dirs.push((index.clone(), path, meta.clone()));
                 return Ok(());
             }
-            FileKind::Regular => match content {
-                Content::Scratch(scratch) => {
-                    std::fs::rename(&scratch, &path).map_err(io_err)?;
-                }
-                Content::Stream(r) => {
-                    let read_err = |e| EngineError::from_object_io(&index.display(), e);
-                    let mut head = self.writers.buffer();
-                    r.take(SMALL_FILE as u64)
-                        .read_to_end(&mut head)
-                        .map_err(read_err)?;
-                    if head.len() < SMALL_FILE {
-                        let meta = self.final_meta(meta);
-                        return self.writers.submit(Job::File {
-                            path,
-                            data: head,
-                            meta,
-                        });
-                    }
-                    // A large file: created here, its pieces written by the writers at
-                    // their offsets (copying into the page cache is most of a restore's
-                    // CPU time; this way both cores do it).
-                    let file = Arc::new(create_new_file(&path).map_err(io_err)?);
-                    let mut offset = 0u64;
-                    let mut piece = head;
-                    loop {
-                        let n = piece.len() as u64;
-                        self.writers.submit(Job::WriteAt {
-                            file: Arc::clone(&file),
-                            path: path.clone(),
-                            offset,
-                            data: piece,
-                        })?;
-                        offset += n;
-                        piece = self.writers.buffer();
-                        r.take(SMALL_FILE as u64)
-                            .read_to_end(&mut piece)
-                            .map_err(read_err)?;
-                        if piece.is_empty() {
-                            break;
-                        }
-                    }
-                    let meta = self.final_meta(meta);
-                    return self.complete(Completed::File(file, path, meta));
-                }
-                Content::None => {
-                    let data = Vec::new();
-                    let meta = self.final_meta(meta);
-                    return self.writers.submit(Job::File { path, data, meta });
-                }
-            },
+            FileKind::Regular => {
+                let check = match &mut self.signatures {
+                    Some(lookup) => lookup
+                        .signature_of(index)
+                        .map(|sig| Arc::new(Expected::new(index.clone(), sig))),
+                    None => None,
+                };
+                return self.regular_file(index, path, meta, content, check);
+            }
             FileKind::Symlink => {
                 let owner = self.owner_to_set(meta);
                 return self.writers.submit(Job::Symlink {
@@ -1049,6 +1150,24 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                 .filter_map(|v| set.volumes.get(&v.number).map(|o| o.size))
         })
         .sum();
+    // The data is checked against the signature files as it is written (see `writeout`),
+    // so they are opened first; the metadata is checked after the restore.
+    let sets: Vec<&BackupSet> = plan.sets.iter().map(|(s, _)| s).collect();
+    let (signatures, unverifiable) = if opts.verify {
+        match super::verify::restore_signatures(ctx, &sets, &opts.keys)? {
+            Ok(state) => (
+                Some(SignatureLookup {
+                    state,
+                    prefix: opts.path.clone(),
+                    broken: None,
+                }),
+                None,
+            ),
+            Err(reason) => (None, Some(reason)),
+        }
+    } else {
+        (None, None)
+    };
     ctx.progress.start("restore", Some(stored));
 
     let target_is_dir = matches!(&target_md, Ok(md) if md.is_dir());
@@ -1086,6 +1205,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         deferred: Vec::new(),
         writers: Writers::new(WRITER_THREADS),
         closed_dirs: VecDeque::new(),
+        signatures,
     };
     let result = (|| -> Result<(TreeStats, PathBuf)> {
         std::fs::create_dir(&staging).map_err(|e| EngineError::io(&staging, e))?;
@@ -1173,18 +1293,24 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         Ok((stats, restored_root)) => {
             let _ = std::fs::remove_dir_all(&staging);
             ctx.progress.finish();
-            let check = if opts.verify {
-                let sets: Vec<&BackupSet> = plan.sets.iter().map(|(s, _)| s).collect();
-                Some(super::verify::check_restored(
-                    ctx,
-                    &sets,
-                    &opts.path,
-                    &restored_root,
-                    &opts.keys,
-                    opts.restore_owner,
-                )?)
-            } else {
+            let broken = sink.signatures.as_mut().and_then(|s| s.broken.take());
+            let check = if !opts.verify {
                 None
+            } else if let Some(reason) = unverifiable.or(broken) {
+                Some(RestoreCheck::unverifiable(reason))
+            } else {
+                // The signatures read again from the start, for the metadata.
+                match super::verify::restore_signatures(ctx, &sets, &opts.keys)? {
+                    Ok(state) => Some(super::verify::check_restored(
+                        ctx,
+                        state,
+                        &opts.path,
+                        &restored_root,
+                        opts.restore_owner,
+                        sink.writers.data_checked(),
+                    )?),
+                    Err(reason) => Some(RestoreCheck::unverifiable(reason)),
+                }
             };
             Ok(RestoreReport {
                 time: plan.time,

@@ -7,12 +7,11 @@ use super::Context;
 use super::error::{EngineError, Result};
 use super::inspect::signature_sources;
 use super::owners::Owners;
-use super::progress::Progress;
 use super::restore::{Content, TreeSink, TreeStats, plan, reconstruct};
 use super::select::Selection;
 use super::sigstate::SignatureState;
 use super::walk::{SourceEntry, Walker};
-use flotilla_common::archive::rsync::{SignatureBuilder, block_len_for};
+use super::writeout::DataChecked;
 use flotilla_common::archive::tarfmt::read_full;
 use flotilla_common::archive::{BackupSet, FileKind, FileMeta, Index};
 use flotilla_common::crypto::DecryptionKeys;
@@ -21,8 +20,6 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::mpsc::{channel, sync_channel};
 
 /// One difference between the backup and the directory.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -211,7 +208,8 @@ fn meta_differences(
 pub struct RestoreCheck {
     /// Paths of the backup compared with the restored tree.
     pub checked: u64,
-    /// Regular files whose data was hashed against their librsync signature.
+    /// Regular files whose data was hashed against their librsync signature (as it was
+    /// written).
     pub files_hashed: u64,
     pub bytes_hashed: u64,
     /// Every difference found (the list keeps the first `MAX_LISTED`).
@@ -220,12 +218,13 @@ pub struct RestoreCheck {
     /// Why the tree could not be checked at all (a set without a signature file, as a
     /// hand-made or damaged archive may be): the restore stands, but is not verified.
     pub unverifiable: Option<String>,
-    /// Time the check took.
+    /// Time the check of the restored tree took after the restore (its metadata; the
+    /// data is checked during the restore).
     pub millis: u64,
 }
 
 impl RestoreCheck {
-    const MAX_LISTED: usize = 1000;
+    pub(crate) const MAX_LISTED: usize = 1000;
 
     /// The check ran and found the tree equal to the backup.
     pub fn verified(&self) -> bool {
@@ -268,227 +267,108 @@ impl RestoreCheck {
     }
 }
 
-/// Checks a restored tree against the signature files of the sets it came from: every
-/// path of the backup under `prefix` must be at `restored` (re-rooted) with its type,
-/// mode, mtime, symlink target, owner (with `check_owner`) and, for regular files, data
-/// whose librsync signature equals the stored one (MD4 per block). The signatures are
-/// stored apart from the volumes the data came from, so this checks the whole restore
-/// path end to end. Paths in `restored` that the backup lacks are not differences (a
-/// forced restore into a directory that held other files).
-pub fn check_restored(
+/// The signature state of the sets a restore comes from, for checking the restore, or
+/// why it cannot be checked (a set without a signature file, as a hand-made or damaged
+/// archive may be: the restore stands, but is not verified).
+pub(crate) fn restore_signatures(
     ctx: &Context,
     sets: &[&BackupSet],
-    prefix: &Index,
-    restored: &Path,
     keys: &DecryptionKeys,
-    check_owner: bool,
-) -> Result<RestoreCheck> {
-    let started = std::time::Instant::now();
-    let cache = super::cache::ArchiveCache::open(&ctx.state_dir, ctx.store.label()).ok();
-    if let Some(unsigned) = sets.iter().find(|s| {
-        s.signatures.is_none()
-            && !cache
-                .as_ref()
-                .is_some_and(|c| c.sigtar_path(s.times).exists())
-    }) {
-        return Ok(RestoreCheck::unverifiable(format!(
-            "the {} set has no signature file to check the restored tree against",
-            unsigned.times
-        )));
+) -> Result<std::result::Result<SignatureState, String>> {
+    {
+        // Closed (unlocked) before `signature_sources` opens it to read from it.
+        let cache = super::cache::ArchiveCache::open(&ctx.state_dir, ctx.store.label()).ok();
+        if let Some(unsigned) = sets.iter().find(|s| {
+            s.signatures.is_none()
+                && !cache
+                    .as_ref()
+                    .is_some_and(|c| c.sigtar_path(s.times).exists())
+        }) {
+            return Ok(Err(format!(
+                "the {} set has no signature file to check the restored tree against",
+                unsigned.times
+            )));
+        }
     }
     let sources = signature_sources(ctx, sets.iter().copied(), keys)?;
-    let mut state = SignatureState::open(sources)?;
+    Ok(Ok(SignatureState::open(sources)?))
+}
+
+/// Finishes the check of a restore against the signature files of the sets it came from
+/// (`state`). The data was checked while it was written (`data`: every regular file's
+/// bytes hashed against its librsync signature, MD4 per block; see `writeout`); this
+/// walks the restored tree at `restored` and checks that every path of the backup under
+/// `prefix` is there (re-rooted) with its type, mode, mtime, symlink target and owner
+/// (with `check_owner`). The signatures are stored apart from the volumes the data came
+/// from, so this checks the whole restore path end to end. Paths in `restored` that the
+/// backup lacks are not differences (a forced restore into a directory that held other
+/// files).
+pub(crate) fn check_restored(
+    ctx: &Context,
+    mut state: SignatureState,
+    prefix: &Index,
+    restored: &Path,
+    check_owner: bool,
+    data: DataChecked,
+) -> Result<RestoreCheck> {
+    let started = std::time::Instant::now();
     let mut found = Walker::new(restored.to_path_buf(), Selection::default(), vec![]).peekable();
     let mut owners = Owners::default();
-    let mut check = RestoreCheck::default();
+    let mut check = RestoreCheck {
+        files_hashed: data.files,
+        bytes_hashed: data.bytes,
+        ..Default::default()
+    };
+    // Data differences go into the report in backup order with the others.
+    let unlisted = data.mismatches.saturating_sub(data.listed.len() as u64);
+    let mut data_differences = data.listed;
+    data_differences.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut report_data_until = |check: &mut RestoreCheck, index: Option<&Index>| {
+        while data_differences
+            .last()
+            .is_some_and(|(i, _)| index.is_none_or(|index| i <= index))
+        {
+            let (i, what) = data_differences.pop().expect("non-empty");
+            check.differ(&i, what);
+        }
+    };
     ctx.progress.start("verify", None);
-    // Files are hashed by a few threads (reading back and MD4 are most of the check);
-    // the walk, the metadata comparison and the reporting, in backup order, stay here.
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4);
-    let (job_tx, job_rx) = sync_channel::<HashJob>(threads * 2);
-    let job_rx = Mutex::new(job_rx);
-    let (done_tx, done_rx) = channel::<HashDone>();
-    std::thread::scope(|scope| -> Result<()> {
-        for _ in 0..threads {
-            let job_rx = &job_rx;
-            let done_tx = done_tx.clone();
-            scope.spawn(move || {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let Ok(Ok(job)) = job_rx.lock().map(|rx| rx.recv()) else {
-                        return;
-                    };
-                    let result = signature_of_file(&job.path, &job.stored, &mut buf)
-                        .map(|(sig, n)| (sig == job.stored, n));
-                    if done_tx.send((job.seq, job.index, result)).is_err() {
-                        return;
-                    }
-                }
-            });
+    while let Some(entry) = state.next_entry()? {
+        let Some(index) = entry.index.strip_prefix(prefix) else {
+            continue;
+        };
+        report_data_until(&mut check, Some(&index));
+        check.checked += 1;
+        ctx.progress.file();
+        if ctx.progress.cancelled() {
+            return Err(EngineError::Interrupted);
         }
-        drop(done_tx);
-        let mut order = InOrder::default();
-        let mut seq = 0u64;
-        let result = (|| -> Result<()> {
-            while let Some(entry) = state.next_entry()? {
-                let Some(index) = entry.index.strip_prefix(prefix) else {
-                    continue;
-                };
-                check.checked += 1;
-                while found.peek().is_some_and(|f| f.index < index) {
-                    found.next();
-                }
-                let mut whats = Vec::new();
-                let Some(f) = found.next_if(|f| f.index == index) else {
-                    whats.push("in the backup, missing from the restored tree".to_string());
-                    order.ready(seq, index, whats, &mut check);
-                    seq += 1;
-                    continue;
-                };
-                meta_differences(
-                    &entry.meta,
-                    &f.meta,
-                    check_owner.then_some(&mut owners),
-                    &mut whats,
-                );
-                if whats.is_empty()
-                    && f.meta.kind == FileKind::Regular
-                    && let Some(stored) = entry.signature
-                {
-                    order.pending.insert(seq);
-                    let job = HashJob {
-                        seq,
-                        index,
-                        path: f.path,
-                        stored,
-                    };
-                    if job_tx.send(job).is_err() {
-                        return Err(EngineError::io(
-                            restored,
-                            io::Error::other("the verify threads stopped"),
-                        ));
-                    }
-                    // Take in what is done (waiting only while many files are queued).
-                    while order.pending.len() > threads * 4 {
-                        let done = done_rx.recv().expect("a job is pending");
-                        order.hashed(done, &mut check, &*ctx.progress);
-                    }
-                    while let Ok(done) = done_rx.try_recv() {
-                        order.hashed(done, &mut check, &*ctx.progress);
-                    }
-                    if ctx.progress.cancelled() {
-                        return Err(EngineError::Interrupted);
-                    }
-                } else {
-                    order.ready(seq, index, whats, &mut check);
-                }
-                seq += 1;
-            }
-            Ok(())
-        })();
-        drop(job_tx);
-        while !order.pending.is_empty() {
-            let Ok(done) = done_rx.recv() else { break };
-            order.hashed(done, &mut check, &*ctx.progress);
+        while found.peek().is_some_and(|f| f.index < index) {
+            found.next();
         }
-        result
-    })?;
+        let Some(f) = found.next_if(|f| f.index == index) else {
+            check.differ(
+                &index,
+                "in the backup, missing from the restored tree".to_string(),
+            );
+            continue;
+        };
+        let mut whats = Vec::new();
+        meta_differences(
+            &entry.meta,
+            &f.meta,
+            check_owner.then_some(&mut owners),
+            &mut whats,
+        );
+        for what in whats {
+            check.differ(&index, what);
+        }
+    }
+    report_data_until(&mut check, None);
+    check.mismatches += unlisted;
     ctx.progress.finish();
     check.millis = started.elapsed().as_millis() as u64;
     Ok(check)
-}
-
-/// A restored file to hash: its place in the backup's order, and the stored signature.
-struct HashJob {
-    seq: u64,
-    index: Index,
-    path: PathBuf,
-    stored: Vec<u8>,
-}
-
-/// A hashed file: whether its signature matched, and its size (or why it was unreadable).
-type HashDone = (u64, Index, io::Result<(bool, u64)>);
-
-/// Reports differences in backup order although files are hashed out of order: the
-/// differences of entries after one still being hashed wait here.
-#[derive(Default)]
-struct InOrder {
-    /// Entries handed to the hashing threads and not back yet.
-    pending: std::collections::BTreeSet<u64>,
-    /// Entries with differences waiting for an earlier pending entry.
-    waiting: std::collections::BTreeMap<u64, (Index, Vec<String>)>,
-}
-
-impl InOrder {
-    fn ready(&mut self, seq: u64, index: Index, whats: Vec<String>, check: &mut RestoreCheck) {
-        if whats.is_empty() {
-            return;
-        }
-        if self.pending.first().is_some_and(|&p| p < seq) {
-            self.waiting.insert(seq, (index, whats));
-        } else {
-            for what in whats {
-                check.differ(&index, what);
-            }
-        }
-    }
-
-    fn hashed(&mut self, done: HashDone, check: &mut RestoreCheck, progress: &dyn Progress) {
-        let (seq, index, result) = done;
-        self.pending.remove(&seq);
-        let whats = match result {
-            Ok((matched, n)) => {
-                check.files_hashed += 1;
-                check.bytes_hashed += n;
-                progress.bytes(n);
-                progress.file();
-                if matched {
-                    Vec::new()
-                } else {
-                    vec!["data differs from the backup's signature".to_string()]
-                }
-            }
-            Err(e) => vec![format!("cannot read the restored file: {e}")],
-        };
-        if !whats.is_empty() {
-            self.waiting.insert(seq, (index, whats));
-        }
-        // Everything before the oldest pending entry can be reported now.
-        let limit = self.pending.first().copied().unwrap_or(u64::MAX);
-        while let Some(entry) = self.waiting.first_entry() {
-            if *entry.key() > limit {
-                break;
-            }
-            let (index, whats) = entry.remove();
-            for what in whats {
-                check.differ(&index, what);
-            }
-        }
-    }
-}
-
-/// The librsync signature of `path` with the block length of `stored`, and its size.
-fn signature_of_file(path: &Path, stored: &[u8], buf: &mut [u8]) -> io::Result<(Vec<u8>, u64)> {
-    let block_len = stored
-        .get(4..8)
-        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
-        .filter(|&b| b > 0)
-        .unwrap_or_else(|| block_len_for(0));
-    let mut f = File::open(path)?;
-    let mut sig = SignatureBuilder::new(block_len);
-    let mut total = 0u64;
-    loop {
-        let n = read_full(&mut f, buf)?;
-        if n == 0 {
-            break;
-        }
-        sig.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((sig.finish(), total))
 }
 
 /// Compares the backup at `time` (restricted to `path`) with `directory`.
@@ -525,49 +405,4 @@ pub fn verify(
         differences: sink.differences,
         stats,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::progress::NoProgress;
-    use super::*;
-
-    fn ix(p: &str) -> Index {
-        Index::parse(p.as_bytes()).unwrap()
-    }
-
-    /// Files hashed out of order still have their differences reported in backup order.
-    #[test]
-    fn differences_are_reported_in_backup_order() {
-        let mut check = RestoreCheck::default();
-        let mut order = InOrder::default();
-        let p = NoProgress;
-        order.pending.insert(0); // a: being hashed
-        order.pending.insert(1); // b: being hashed
-        order.ready(2, ix("c"), vec!["mode differs".into()], &mut check);
-        order.pending.insert(3); // d: being hashed
-        assert_eq!(check.mismatches, 0, "c waits for a and b");
-        order.hashed((3, ix("d"), Ok((false, 10))), &mut check, &p);
-        order.hashed((1, ix("b"), Ok((true, 20))), &mut check, &p);
-        assert_eq!(check.mismatches, 0, "everything waits for a");
-        order.hashed((0, ix("a"), Err(io::Error::other("gone"))), &mut check, &p);
-        let got: Vec<(String, String)> = check
-            .differences
-            .iter()
-            .map(|d| (d.path.clone(), d.what.clone()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("a".into(), "cannot read the restored file: gone".into()),
-                ("c".into(), "mode differs".into()),
-                (
-                    "d".into(),
-                    "data differs from the backup's signature".into()
-                ),
-            ]
-        );
-        assert_eq!((check.files_hashed, check.bytes_hashed), (2, 30));
-        assert!(order.pending.is_empty() && order.waiting.is_empty());
-    }
 }

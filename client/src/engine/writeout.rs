@@ -14,12 +14,21 @@
 //! files otherwise spends a good part of its system time switching threads).
 //!
 //! Memory is bounded: at most [`QUEUE`] batches of about [`BATCH_BYTES`] are in flight.
+//!
+//! The restore's check of the data (on by default) runs here too: a job may carry the
+//! backup's signature of its file ([`Expected`]), and the writer hashes the bytes it
+//! writes against it, block by block ([`piece_matches`]), while they are in its cache.
+//! That replaces reading every restored file back after the restore.
 
 use super::error::{EngineError, Result};
+use flotilla_common::archive::Index;
+use flotilla_common::archive::rsync::{block_count_matches, checkable_block_len, piece_matches};
+use flotilla_common::archive::tarfmt::read_full;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -44,11 +53,56 @@ pub(crate) struct FinalMeta {
     pub owner: Option<(u32, u32)>,
 }
 
+/// The backup's signature of a restored file, which its data must match.
+pub(crate) struct Expected {
+    pub index: Index,
+    pub signature: Vec<u8>,
+    /// A difference was recorded (a large file's pieces report it once).
+    failed: AtomicBool,
+}
+
+impl Expected {
+    pub(crate) fn new(index: Index, signature: Vec<u8>) -> Expected {
+        Expected {
+            index,
+            signature,
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// The length of the pieces a file with this signature is written in: whole blocks,
+    /// about [`SMALL_FILE`] bytes.
+    pub(crate) fn piece_len(&self) -> usize {
+        match checkable_block_len(&self.signature) {
+            Some(block) => (SMALL_FILE / block as usize).max(1) * block as usize,
+            None => SMALL_FILE,
+        }
+    }
+}
+
+/// What the writers' checks of the data found.
+#[derive(Debug, Default)]
+pub(crate) struct DataChecked {
+    /// Files whose data was hashed against their signature.
+    pub files: u64,
+    pub bytes: u64,
+    /// Files that did not match.
+    pub mismatches: u64,
+    /// The first [`MAX_LISTED_MISMATCHES`] of them, with what differs.
+    pub listed: Vec<(Index, String)>,
+}
+
+/// Mismatching files listed by name (all are counted).
+pub(crate) const MAX_LISTED_MISMATCHES: usize = super::verify::RestoreCheck::MAX_LISTED;
+
+const DATA_DIFFERS: &str = "data differs from the backup's signature";
+
 pub(crate) enum Job {
     File {
         path: PathBuf,
         data: Vec<u8>,
         meta: FinalMeta,
+        check: Option<Arc<Expected>>,
     },
     Symlink {
         path: PathBuf,
@@ -62,6 +116,13 @@ pub(crate) enum Job {
         path: PathBuf,
         offset: u64,
         data: Vec<u8>,
+        check: Option<Arc<Expected>>,
+    },
+    /// Check a file written some other way (a delta's result renamed into place).
+    Check {
+        file: File,
+        path: PathBuf,
+        check: Arc<Expected>,
     },
 }
 
@@ -80,6 +141,41 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    files_checked: AtomicU64,
+    bytes_checked: AtomicU64,
+    mismatches: AtomicU64,
+    listed: Mutex<Vec<(Index, String)>>,
+}
+
+impl Shared {
+    /// Records that `check`'s file differs (once per file).
+    fn mismatch(&self, check: &Expected, what: &str) {
+        if check.failed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.mismatches.fetch_add(1, Ordering::Relaxed);
+        let mut listed = self.listed.lock().expect("mismatch list");
+        if listed.len() < MAX_LISTED_MISMATCHES {
+            listed.push((check.index.clone(), what.to_string()));
+        }
+    }
+
+    /// Checks a piece of `check`'s file written at `offset`.
+    fn check_piece(&self, check: &Expected, offset: u64, data: &[u8]) {
+        self.bytes_checked
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if !piece_matches(&check.signature, offset, data) {
+            self.mismatch(check, DATA_DIFFERS);
+        }
+    }
+
+    /// `check`'s file is complete at `size` bytes.
+    fn check_size(&self, check: &Expected, size: u64) {
+        self.files_checked.fetch_add(1, Ordering::Relaxed);
+        if !block_count_matches(&check.signature, size) {
+            self.mismatch(check, DATA_DIFFERS);
+        }
+    }
 }
 
 /// The writer threads of one restore. Dropping it skips what is still queued and joins
@@ -104,6 +200,7 @@ impl Job {
         match self {
             Job::File { data, .. } | Job::WriteAt { data, .. } => data.len(),
             Job::Symlink { target, .. } => target.len(),
+            Job::Check { .. } => 0,
         }
     }
 }
@@ -211,6 +308,22 @@ impl Writers {
         }
     }
 
+    /// A large file written in pieces (each checked by the writer that wrote it) is
+    /// complete at `size` bytes: checks that the signature has as many blocks.
+    pub(crate) fn check_file_size(&self, check: &Expected, size: u64) {
+        self.shared.check_size(check, size);
+    }
+
+    /// What the checks found so far (complete after [`Writers::wait_all`]).
+    pub(crate) fn data_checked(&self) -> DataChecked {
+        DataChecked {
+            files: self.shared.files_checked.load(Ordering::Relaxed),
+            bytes: self.shared.bytes_checked.load(Ordering::Relaxed),
+            mismatches: self.shared.mismatches.load(Ordering::Relaxed),
+            listed: self.shared.listed.lock().expect("mismatch list").clone(),
+        }
+    }
+
     fn take_error(&self) -> Result<()> {
         match self
             .shared
@@ -256,7 +369,7 @@ fn worker(rx: &Mutex<Receiver<Batch>>, shared: &Shared, recycle: &SyncSender<Vec
             if skip {
                 continue;
             }
-            if let Err(e) = run(job, recycle) {
+            if let Err(e) = run(job, shared, recycle) {
                 // The rest of the batch is skipped, as later batches will be.
                 failure = Some(e);
                 skip = true;
@@ -278,13 +391,22 @@ fn worker(rx: &Mutex<Receiver<Batch>>, shared: &Shared, recycle: &SyncSender<Vec
     }
 }
 
-fn run(job: Job, recycle: &SyncSender<Vec<u8>>) -> Result<()> {
+fn run(job: Job, shared: &Shared, recycle: &SyncSender<Vec<u8>>) -> Result<()> {
     match job {
-        Job::File { path, data, meta } => {
+        Job::File {
+            path,
+            data,
+            meta,
+            check,
+        } => {
             let io_err = |e| EngineError::io(&path, e);
             let mut f = create_new_file(&path).map_err(io_err)?;
             f.write_all(&data).map_err(io_err)?;
             apply_meta_fd(&f, &meta).map_err(io_err)?;
+            if let Some(check) = check {
+                shared.check_piece(&check, 0, &data);
+                shared.check_size(&check, data.len() as u64);
+            }
             recycle_buffer(data, recycle);
             Ok(())
         }
@@ -293,11 +415,33 @@ fn run(job: Job, recycle: &SyncSender<Vec<u8>>) -> Result<()> {
             path,
             offset,
             data,
+            check,
         } => {
             use std::os::unix::fs::FileExt;
             file.write_all_at(&data, offset)
                 .map_err(|e| EngineError::io(&path, e))?;
+            if let Some(check) = check {
+                shared.check_piece(&check, offset, &data);
+            }
             recycle_buffer(data, recycle);
+            Ok(())
+        }
+        Job::Check {
+            mut file,
+            path,
+            check,
+        } => {
+            let mut buf = vec![0u8; check.piece_len()];
+            let mut offset = 0u64;
+            loop {
+                let n = read_full(&mut file, &mut buf).map_err(|e| EngineError::io(&path, e))?;
+                if n == 0 {
+                    break;
+                }
+                shared.check_piece(&check, offset, &buf[..n]);
+                offset += n as u64;
+            }
+            shared.check_size(&check, offset);
             Ok(())
         }
         Job::Symlink {

@@ -97,6 +97,59 @@ pub fn signature_of(data: &[u8]) -> Vec<u8> {
     b.finish()
 }
 
+/// Largest block length [`checkable_block_len`] accepts (duplicity's is at most 2048).
+const MAX_CHECKED_BLOCK: u32 = 1 << 20;
+
+/// The block length of a stored signature that data can be checked against piece by
+/// piece: an MD4 signature with duplicity's 8-byte strong sums, whole blocks of sums and a
+/// block length of at most 1 MiB. `None` for anything else (a file with such a signature
+/// can only be reported as not matching).
+pub fn checkable_block_len(signature: &[u8]) -> Option<u32> {
+    size_bounds(signature)?;
+    let block = u32::from_be_bytes(signature[4..8].try_into().ok()?);
+    let strong = u32::from_be_bytes(signature[8..12].try_into().ok()?);
+    (strong == STRONG_LEN && block <= MAX_CHECKED_BLOCK).then_some(block)
+}
+
+/// Whether `data`, the bytes of a file from `offset` on, has the block sums `signature`
+/// holds for that range. Each block's sums depend only on that block, so the pieces of a
+/// file can be checked apart, in any order, as long as `offset` is a multiple of the
+/// block length and only the file's last piece ends in a short block. Whether the file
+/// has as many blocks as the signature is [`block_count_matches`]'s question.
+pub fn piece_matches(signature: &[u8], offset: u64, data: &[u8]) -> bool {
+    let Some(block) = checkable_block_len(signature) else {
+        return false;
+    };
+    if data.is_empty() {
+        return true;
+    }
+    if !offset.is_multiple_of(u64::from(block)) {
+        return false;
+    }
+    let entry = 4 + STRONG_LEN as usize;
+    let Ok(first) = usize::try_from(offset / u64::from(block)) else {
+        return false;
+    };
+    let start = HEADER_LEN + first.saturating_mul(entry);
+    let opts = SignatureOptions {
+        block_size: block,
+        crypto_hash_size: STRONG_LEN,
+    };
+    let computed = Signature::calculate(data, opts);
+    let sums = &computed.serialized()[HEADER_LEN..];
+    signature.get(start..start.saturating_add(sums.len())) == Some(sums)
+}
+
+/// Whether a file of `size` bytes has exactly the number of blocks `signature` describes
+/// (the other half of checking a file piece by piece with [`piece_matches`]).
+pub fn block_count_matches(signature: &[u8], size: u64) -> bool {
+    let Some(block) = checkable_block_len(signature) else {
+        return false;
+    };
+    let blocks = (signature.len() - HEADER_LEN) as u64 / u64::from(4 + STRONG_LEN);
+    size.div_ceil(u64::from(block)) == blocks
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RsyncError {
     #[error("unsupported or corrupt librsync signature: {0}")]
@@ -349,6 +402,51 @@ mod tests {
             assert!(hi - lo < u64::from(super::block_len_for(size)), "{size}");
         }
         assert_eq!(super::size_bounds(b"junk"), None);
+    }
+
+    #[test]
+    fn pieces_check_against_a_whole_file_signature() {
+        let data: Vec<u8> = (0..3_100_000u32)
+            .map(|i| (i * 7 + i / 1000) as u8)
+            .collect();
+        let sig = super::signature_of(&data);
+        let block = super::checkable_block_len(&sig).expect("checkable") as usize;
+        assert_eq!(block, 1536);
+        let piece = (128 * 1024 / block) * block;
+        let mut offsets: Vec<usize> = (0..data.len()).step_by(piece).collect();
+        offsets.reverse(); // any order
+        for &o in &offsets {
+            let end = (o + piece).min(data.len());
+            assert!(super::piece_matches(&sig, o as u64, &data[o..end]), "{o}");
+        }
+        assert!(super::block_count_matches(&sig, data.len() as u64));
+        // One changed byte fails its piece only.
+        let mut bad = data[piece..2 * piece].to_vec();
+        bad[1000] ^= 1;
+        assert!(!super::piece_matches(&sig, piece as u64, &bad));
+        // A piece at an unaligned offset, past the end or of another length fails.
+        assert!(!super::piece_matches(&sig, 1, &data[1..piece + 1]));
+        assert!(!super::piece_matches(
+            &sig,
+            data.len() as u64,
+            &data[..piece]
+        ));
+        assert!(!super::piece_matches(&sig, 0, &data[..piece - 1]));
+        // A file one block shorter or longer has the wrong number of blocks.
+        assert!(!super::block_count_matches(
+            &sig,
+            (data.len() - block) as u64
+        ));
+        assert!(!super::block_count_matches(
+            &sig,
+            (data.len() + block) as u64
+        ));
+        // Empty files and junk.
+        let empty = super::signature_of(b"");
+        assert!(super::block_count_matches(&empty, 0));
+        assert!(!super::block_count_matches(&empty, 1));
+        assert!(!super::piece_matches(b"junk", 0, b"x"));
+        assert!(!super::block_count_matches(b"junk", 0));
     }
 
     use super::*;
