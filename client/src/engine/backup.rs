@@ -14,7 +14,7 @@ use super::progress::SharedProgress;
 use super::select::{Rule, Selection};
 use super::sigstate::{SigEntry, SignatureState};
 use super::volumes::VolumeWriter;
-use super::walk::{SourceEntry, Walker};
+use super::walk::{SourceEntry, WalkAhead, Walker};
 use fast_rsync::IndexedSignature;
 use flotilla_common::archive::entry::{EntryKind, EntryName};
 use flotilla_common::archive::manifest::{Change, Manifest, format_filelist_line};
@@ -730,10 +730,11 @@ pub fn backup(ctx: &Context, opts: &BackupOptions) -> Result<BackupReport> {
         owners: Default::default(),
         cache_dir: cache.dir().to_path_buf(),
     };
-    let mut walker = Walker::new(source.clone(), selection, opts.skip.clone());
+    let mut walker = Walker::new(source.clone(), selection, opts.skip.clone()).ahead();
     let result = walk_and_store(&mut run, &mut walker, sig_state, ctx);
-    run.warnings.extend(walker.warnings.iter().cloned());
-    run.stats.errors += walker.warnings.len() as u64;
+    let walk_warnings = walker.finish();
+    run.stats.errors += walk_warnings.len() as u64;
+    run.warnings.extend(walk_warnings);
     if let Err(e) = result {
         run.vol.abandon();
         let _ = std::fs::remove_file(&sig_part);
@@ -827,7 +828,7 @@ fn upload_file(
 
 fn walk_and_store(
     run: &mut Run,
-    walker: &mut Walker,
+    walker: &mut WalkAhead,
     mut old: SignatureState,
     ctx: &Context,
 ) -> Result<()> {

@@ -312,7 +312,9 @@ pub(crate) fn check_restored(
     data: DataChecked,
 ) -> Result<RestoreCheck> {
     let started = std::time::Instant::now();
-    let mut found = Walker::new(restored.to_path_buf(), Selection::default(), vec![]).peekable();
+    let mut found = Walker::new(restored.to_path_buf(), Selection::default(), vec![])
+        .ahead()
+        .peekable();
     let mut owners = Owners::default();
     let mut check = RestoreCheck {
         files_hashed: data.files,

@@ -41,6 +41,70 @@ pub struct Walker {
     pub warnings: Vec<String>,
 }
 
+/// Entries per hand-off, and hand-offs queued, of [`WalkAhead`].
+const AHEAD_BATCH: usize = 64;
+const AHEAD_DEPTH: usize = 8;
+
+/// A [`Walker`] running on a thread of its own, at most a few hundred entries ahead of
+/// its reader: the `lstat`s and directory reads (kernel time, a good part of a walk)
+/// overlap the reader's work instead of adding to it.
+pub struct WalkAhead {
+    rx: std::sync::mpsc::Receiver<Vec<SourceEntry>>,
+    batch: std::vec::IntoIter<SourceEntry>,
+    walker: Option<std::thread::JoinHandle<Walker>>,
+}
+
+impl Walker {
+    /// Runs the walk on a thread of its own (see [`WalkAhead`]).
+    pub fn ahead(mut self) -> WalkAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_DEPTH);
+        let walker = std::thread::Builder::new()
+            .name("walk".into())
+            .spawn(move || {
+                loop {
+                    let batch: Vec<SourceEntry> = self.by_ref().take(AHEAD_BATCH).collect();
+                    // An empty batch ends the walk; a failed send means the reader is gone.
+                    if batch.is_empty() || tx.send(batch).is_err() {
+                        return self;
+                    }
+                }
+            })
+            .expect("spawn walker");
+        WalkAhead {
+            rx,
+            batch: Vec::new().into_iter(),
+            walker: Some(walker),
+        }
+    }
+}
+
+impl Iterator for WalkAhead {
+    type Item = SourceEntry;
+
+    fn next(&mut self) -> Option<SourceEntry> {
+        loop {
+            if let Some(e) = self.batch.next() {
+                return Some(e);
+            }
+            self.batch = self.rx.recv().ok()?.into_iter();
+        }
+    }
+}
+
+impl WalkAhead {
+    /// The problems the walk met (see [`Walker::warnings`]); waits for the walk to end.
+    pub fn finish(mut self) -> Vec<String> {
+        // Entries not read are dropped, which lets the thread end.
+        let (_, rx) = std::sync::mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.rx, rx));
+        self.walker
+            .take()
+            .and_then(|h| h.join().ok())
+            .map(|w| w.warnings)
+            .unwrap_or_default()
+    }
+}
+
 /// Builds the stored metadata of a path from `lstat`.
 pub fn meta_of(path: &Path, md: &Metadata, owners: &mut Owners) -> Option<FileMeta> {
     let ft = md.file_type();

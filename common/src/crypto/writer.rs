@@ -2,9 +2,6 @@
 
 use std::io::{self, Write};
 
-use aes::Aes256;
-use cfb_mode::BufEncryptor;
-use cfb_mode::cipher::KeyIvInit;
 use pgp::composed::RawSessionKey;
 use pgp::crypto::hash::HashAlgorithm;
 use pgp::crypto::sym::SymmetricKeyAlgorithm;
@@ -14,9 +11,9 @@ use pgp::packet::{
 };
 use pgp::types::{KeyDetails, KeyVersion, Password, SigningKey, StringToKey, Timestamp};
 use rand::RngCore;
-use sha1::{Digest, Sha1};
 use zeroize::Zeroizing;
 
+use super::cfb::CfbMdcEncryptor;
 use super::compress::{CHUNK, Deflater, Effort, Sink, zlib_header};
 use super::error::CryptoError;
 use super::keys::{KeyRef, SecretKey, SigningComponent, now, select_encryption_key};
@@ -151,12 +148,8 @@ impl<W: Write + Send + 'static> MessageWriter<W> {
                 skesk.to_writer_with_header(&mut head).map_err(pgp)?;
             }
             out.write_all(&head)?;
-            let iv = [0u8; 16];
-            let enc = BufEncryptor::<Aes256>::new_from_slices(&key, &iv)
-                .map_err(|e| CryptoError::Pgp(format!("AES-256 setup: {e}")))?;
             Some(SeipdState {
-                enc,
-                mdc: Sha1::new(),
+                cfb: CfbMdcEncryptor::new(&key)?,
                 started: false,
             })
         } else {
@@ -472,8 +465,8 @@ impl<W: Write> Write for FramerWrite<W> {
 }
 
 struct SeipdState {
-    enc: BufEncryptor<Aes256>,
-    mdc: Sha1,
+    /// AES-256-CFB and the MDC's SHA-1.
+    cfb: CfbMdcEncryptor,
     /// The packet tag and the first partial length have been written.
     started: bool,
 }
@@ -501,8 +494,9 @@ impl<W: Write> Framer<W> {
         Ok(())
     }
 
-    /// Encrypts and appends without hashing (for the MDC packet itself).
-    fn put_encrypted(&mut self, mut data: &[u8]) -> Result<(), CryptoError> {
+    /// Encrypts and appends, hashing the plaintext into the MDC with `hash` (everything
+    /// but the MDC's own hash value).
+    fn put_encrypted(&mut self, mut data: &[u8], hash: bool) -> Result<(), CryptoError> {
         while !data.is_empty() {
             if self.buf.len() == PART {
                 // More data follows: this part is not the last one.
@@ -512,7 +506,11 @@ impl<W: Write> Framer<W> {
             let start = self.buf.len();
             self.buf.extend_from_slice(&data[..n]);
             let st = self.seipd.as_mut().expect("seipd");
-            st.enc.encrypt(&mut self.buf[start..]);
+            if hash {
+                st.cfb.hash_and_encrypt(&mut self.buf[start..]);
+            } else {
+                st.cfb.encrypt(&mut self.buf[start..]);
+            }
             data = &data[n..];
         }
         Ok(())
@@ -523,14 +521,11 @@ impl<W: Write> Framer<W> {
             None => {
                 self.out.write_all(&self.buf)?;
             }
-            Some(st) => {
-                let mut mdc = [0u8; 22];
-                mdc[0] = 0xD3;
-                mdc[1] = 0x14;
-                st.mdc.update(&mdc[..2]);
-                let hash = std::mem::take(&mut st.mdc).finalize();
-                mdc[2..].copy_from_slice(&hash);
-                self.put_encrypted(&mdc)?;
+            Some(_) => {
+                // The MDC packet: its tag and length are hashed, its hash value is not.
+                self.put_encrypted(&[0xD3, 0x14], true)?;
+                let hash = self.seipd.as_mut().expect("seipd").cfb.digest();
+                self.put_encrypted(&hash, false)?;
                 let st = self.seipd.as_mut().expect("seipd");
                 let mut hdr = Vec::with_capacity(6);
                 if !st.started {
@@ -550,10 +545,7 @@ impl<W: Write> Framer<W> {
 impl<W: Write> Sink for Framer<W> {
     fn put(&mut self, data: &[u8]) -> Result<(), CryptoError> {
         match &mut self.seipd {
-            Some(st) => {
-                st.mdc.update(data);
-                self.put_encrypted(data)
-            }
+            Some(_) => self.put_encrypted(data, true),
             None => {
                 if self.buf.len() + data.len() > PLAIN_BUF {
                     self.out.write_all(&self.buf)?;
