@@ -765,7 +765,9 @@ class FreshFs:
         self.image = mountpoint + ".img"
         os.makedirs(mountpoint)
         with open(self.image, "wb") as f:
-            f.truncate(2 * nbytes + 1024 * MB)  # sparse
+            # Sparse. Every file takes at least one 4 KiB block: the many-files profile
+            # needs 4 GB for its 1 GB of data.
+            f.truncate(2 * nbytes + 8 * 1024 * files + 1024 * MB)
         # Enough inodes for any profile (the default ratio gives too few for many-files).
         inodes = max(65536, 2 * files + 1024)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-N", str(inodes), self.image], check=True)
