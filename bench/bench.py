@@ -1364,7 +1364,7 @@ def cmd_run(args) -> int:
     if args.clean:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"\ncleanup (after measuring): {time.monotonic() - t0:.1f}s"
-          + ("" if args.clean else f"; stores, logs and restored trees kept in {run_dir}"))
+          + ("" if args.clean else f"; stores, logs{' and restored trees' if args.restore_fs == 'work' else ''} kept in {run_dir}"))
     return 0
 
 
