@@ -52,6 +52,8 @@ pub struct WalkAhead {
     rx: std::sync::mpsc::Receiver<Vec<SourceEntry>>,
     batch: std::vec::IntoIter<SourceEntry>,
     walker: Option<std::thread::JoinHandle<Walker>>,
+    /// The walk's warnings, once its thread was joined.
+    warnings: Vec<String>,
 }
 
 impl Walker {
@@ -74,6 +76,7 @@ impl Walker {
             rx,
             batch: Vec::new().into_iter(),
             walker: Some(walker),
+            warnings: Vec::new(),
         }
     }
 }
@@ -86,7 +89,13 @@ impl Iterator for WalkAhead {
             if let Some(e) = self.batch.next() {
                 return Some(e);
             }
-            self.batch = self.rx.recv().ok()?.into_iter();
+            match self.rx.recv() {
+                Ok(batch) => self.batch = batch.into_iter(),
+                Err(_) => {
+                    self.join();
+                    return None;
+                }
+            }
         }
     }
 }
@@ -97,11 +106,18 @@ impl WalkAhead {
         // Entries not read are dropped, which lets the thread end.
         let (_, rx) = std::sync::mpsc::sync_channel(0);
         drop(std::mem::replace(&mut self.rx, rx));
-        self.walker
-            .take()
-            .and_then(|h| h.join().ok())
-            .map(|w| w.warnings)
-            .unwrap_or_default()
+        self.join();
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Joins the walk's thread. A panic there is raised here: it must not look like the
+    /// end of the tree (a backup would record the rest of it as deleted).
+    fn join(&mut self) {
+        match self.walker.take().map(|h| h.join()) {
+            Some(Ok(walker)) => self.warnings = walker.warnings,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => {}
+        }
     }
 }
 
@@ -297,6 +313,32 @@ impl Iterator for Walker {
 mod tests {
     use super::*;
     use crate::engine::select::Rule;
+
+    /// The walk on its own thread yields what the walk does, in order, across many
+    /// hand-offs; stopping early and finishing does not wait for the rest of the tree.
+    #[test]
+    fn walk_ahead_yields_the_walk_and_can_stop_early() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..300 {
+            let dir = d.path().join(format!("d{}", i % 7));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("f{i:03}")), "x").unwrap();
+        }
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        let walk = || Walker::new(root.clone(), Selection::default(), vec![]);
+        let direct: Vec<String> = walk().map(|e| e.index.display()).collect();
+        let mut ahead = walk().ahead();
+        let got: Vec<String> = ahead.by_ref().map(|e| e.index.display()).collect();
+        assert_eq!(got.len(), 308);
+        assert_eq!(got, direct);
+        assert!(ahead.finish().is_empty());
+        let mut early = walk().ahead();
+        assert_eq!(
+            early.next().map(|e| e.index.display()).as_deref(),
+            Some(".")
+        );
+        assert!(early.finish().is_empty());
+    }
 
     #[test]
     fn walks_in_duplicity_order_and_selects() {
