@@ -30,7 +30,7 @@ pub use fixture::duplicity_fixture;
 pub use gpg::{GpgHome, KeyAlgo, KeyInfo};
 pub use tree::{
     CompareOptions, DiffKind, Difference, EntryKind, TreeBuilder, TreeSnapshot, assert_trees_equal,
-    assert_trees_equal_with, compare, deterministic_bytes, deterministic_text,
+    assert_trees_equal_with, compare, deterministic_bytes, deterministic_text, files_under,
 };
 
 /// Whether the tests run as root (effective uid 0): ownership is restored and

@@ -813,6 +813,22 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Every file (not directory) below `dir`, recursively; nothing for a missing `dir`.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// `len` pseudo-random bytes determined by `seed`: incompressible (for compression
 /// and rsync tests that must not benefit from redundancy). Several hundred MB/s.
 /// The same seed gives the same bytes, and a shorter output is a prefix of a

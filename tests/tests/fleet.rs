@@ -542,23 +542,8 @@ fn agent_killed_mid_job_is_retried_and_no_partial_set_counts() {
     out.assert_success();
     assert!(out.stdout_str().contains("deleted"), "{}", out.stdout_str());
     let store = root.join(format!("store/flotilla-{}", a.host_id));
-    let left: Vec<_> = walk_files(&store);
+    let left: Vec<_> = flotilla_tests::files_under(&store);
     assert!(left.is_empty(), "objects left: {left:?}");
-}
-
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// A chain written by stock duplicity is adopted from its listing, shows in `chains`,
@@ -1067,7 +1052,7 @@ fn running_jobs_are_cancelled_on_request() {
         "a cancelled backup counted"
     );
     let container = root.join(format!("store/flotilla-{}", a.host_id));
-    let manifests: Vec<_> = walk_files(&container)
+    let manifests: Vec<_> = flotilla_tests::files_under(&container)
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("manifest"))
         .collect();

@@ -3,7 +3,7 @@
 
 use flotilla_tests::agent::{AgentEnv, copy_tree};
 use flotilla_tests::{
-    TreeBuilder, assert_trees_equal, deterministic_bytes, deterministic_text, is_root,
+    TreeBuilder, assert_trees_equal, deterministic_bytes, deterministic_text, files_under, is_root,
 };
 use std::path::Path;
 
@@ -482,7 +482,7 @@ fn restore_checks_the_data_it_writes_against_the_signatures() {
     // Alter one weak sum in the cached signatures of three files: small.txt and
     // big.bin's last block in the full set's, grows.log's (a delta) in the incremental's.
     let mut altered = 0;
-    for entry in walkdir(&env.state) {
+    for entry in files_under(&env.state) {
         let name = entry.file_name().unwrap().to_string_lossy().into_owned();
         if !name.ends_with(".sigtar") {
             continue;
@@ -526,19 +526,6 @@ fn restore_checks_the_data_it_writes_against_the_signatures() {
     assert!(!out.stderr_str().contains("erified"), "{out}");
 }
 
-fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walkdir(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// A file that grows within the same second as the previous backup read it keeps its
 /// integer mtime; the incremental still sees the change (its size is outside what the
 /// stored signature describes, which duplicity does not look at) and the restore has the
@@ -572,4 +559,24 @@ fn a_file_grown_within_the_second_is_backed_up() {
     let target = env.path("restored");
     env.restore(&target, &[]).assert_success();
     assert_eq!(std::fs::read(target.join("app.log")).unwrap(), log);
+}
+
+/// A set whose signature file is gone (from the store and the cache) still restores;
+/// the restore says it could not be checked, and that is not a failure.
+#[test]
+fn restore_without_signature_files_says_it_is_not_verified() {
+    let env = AgentEnv::new();
+    let src = env.path("src");
+    TreeBuilder::new(&src).file("a", b"hi\n");
+    env.backup(&src, &[]).assert_success();
+    for sig in env.objects_matching("signatures") {
+        std::fs::remove_file(sig).unwrap();
+    }
+    std::fs::remove_dir_all(&env.state).unwrap();
+    let target = env.path("restored");
+    env.restore(&target, &[])
+        .assert_success()
+        .assert_output_contains("Not verified: the full ")
+        .assert_output_contains("set has no signature file to check the restored tree against");
+    assert_trees_equal(&src, &target);
 }

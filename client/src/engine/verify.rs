@@ -275,23 +275,14 @@ pub(crate) fn restore_signatures(
     sets: &[&BackupSet],
     keys: &DecryptionKeys,
 ) -> Result<std::result::Result<SignatureState, String>> {
-    {
-        // Closed (unlocked) before `signature_sources` opens it to read from it.
-        let cache = super::cache::ArchiveCache::open(&ctx.state_dir, ctx.store.label()).ok();
-        if let Some(unsigned) = sets.iter().find(|s| {
-            s.signatures.is_none()
-                && !cache
-                    .as_ref()
-                    .is_some_and(|c| c.sigtar_path(s.times).exists())
-        }) {
-            return Ok(Err(format!(
-                "the {} set has no signature file to check the restored tree against",
-                unsigned.times
-            )));
+    match signature_sources(ctx, sets.iter().copied(), keys) {
+        Ok(sources) => Ok(Ok(SignatureState::open(sources)?)),
+        // A set without a signature file, in the store or the local cache.
+        Err(EngineError::NoBackup(why)) => {
+            Ok(Err(format!("{why} to check the restored tree against")))
         }
+        Err(e) => Err(e),
     }
-    let sources = signature_sources(ctx, sets.iter().copied(), keys)?;
-    Ok(Ok(SignatureState::open(sources)?))
 }
 
 /// Finishes the check of a restore against the signature files of the sets it came from

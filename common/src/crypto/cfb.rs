@@ -354,6 +354,28 @@ impl CfbMdcEncryptor {
 mod tests {
     use super::*;
 
+    /// Hands `data` to `f` in pieces: of `split` bytes when it is above 1000, else of
+    /// irregular lengths starting at `split` (the next is `step * mul % modulus + 1`).
+    fn in_pieces(
+        data: &mut [u8],
+        split: usize,
+        (mul, modulus): (usize, usize),
+        mut f: impl FnMut(&mut [u8]),
+    ) {
+        let mut pos = 0;
+        let mut step = split;
+        while pos < data.len() {
+            let end = (pos + step).min(data.len());
+            f(&mut data[pos..end]);
+            pos = end;
+            step = if split > 1000 {
+                split
+            } else {
+                step * mul % modulus + 1
+            };
+        }
+    }
+
     /// Hashing and encrypting in one pass gives `cfb_mode`'s ciphertext and `sha1`'s
     /// digest for any way the data is split (partial blocks, 64-byte runs, remainders).
     #[test]
@@ -372,18 +394,7 @@ mod tests {
             for split in [1usize, 7, 16, 18, 64, 100, 4096] {
                 let mut e = CfbMdcEncryptor::new(&key).unwrap();
                 let mut got = plain.clone();
-                let mut pos = 0;
-                let mut step = split;
-                while pos < got.len() {
-                    let end = (pos + step).min(got.len());
-                    e.hash_and_encrypt(&mut got[pos..end]);
-                    pos = end;
-                    step = if split > 1000 {
-                        split
-                    } else {
-                        step * 7 % 131 + 1
-                    };
-                }
+                in_pieces(&mut got, split, (7, 131), |p| e.hash_and_encrypt(p));
                 assert!(got == want, "len {len} split {split}: ciphertext");
                 assert_eq!(
                     e.digest()[..],
@@ -421,18 +432,7 @@ mod tests {
         for split in [1usize, 3, 15, 16, 17, 32, 100, 8192, 8193, 20_000] {
             let mut d = ParCfb::<Aes256>::new(&key, &iv).unwrap();
             let mut got = ct.clone();
-            let mut pos = 0;
-            let mut step = split;
-            while pos < got.len() {
-                let end = (pos + step).min(got.len());
-                d.decrypt(&mut got[pos..end]);
-                pos = end;
-                step = if split > 1000 {
-                    split
-                } else {
-                    step * 5 % 211 + 1
-                };
-            }
+            in_pieces(&mut got, split, (5, 211), |p| d.decrypt(p));
             assert!(got == want, "split {split}");
         }
     }
@@ -456,14 +456,7 @@ mod tests {
             for split in [1usize, 5, 8, 17, 100, 333] {
                 let mut d = CfbDecryptor::new(alg, &key, &iv).unwrap();
                 let mut got = ct.clone();
-                let mut pos = 0;
-                let mut step = split;
-                while pos < got.len() {
-                    let end = (pos + step).min(got.len());
-                    d.decrypt(&mut got[pos..end]).unwrap();
-                    pos = end;
-                    step = step * 3 % 97 + 1;
-                }
+                in_pieces(&mut got, split, (3, 97), |p| d.decrypt(p).unwrap());
                 assert_eq!(got, one, "{alg:?} split {split}");
             }
         }
