@@ -580,3 +580,147 @@ fn restore_without_signature_files_says_it_is_not_verified() {
         .assert_output_contains("set has no signature file to check the restored tree against");
     assert_trees_equal(&src, &target);
 }
+
+/// Segments (and lanes) of a restore, from its debug log.
+fn restore_segments(out: &flotilla_tests::bins::CmdOutput) -> (usize, usize) {
+    let log = out.stderr_str();
+    let line = log
+        .lines()
+        .find(|l| l.contains("restore in segments"))
+        .unwrap_or_else(|| panic!("no segments in the log: {log}"));
+    let field = |name: &str| -> usize {
+        let at = line.find(&format!("{name}=")).expect(name) + name.len() + 1;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (field("segments"), field("lanes"))
+}
+
+/// A restore of many volumes is cut into segments at volume boundaries (files continuing
+/// across them) that two lanes restore side by side: the tree equals the source at both
+/// times (directories whose files span segments get their modes and mtimes after all of
+/// them, incremental volumes spanning segments merge), a subtree too; each lane checks
+/// the data it writes; and a damaged volume in a late segment fails the whole restore,
+/// leaving nothing behind.
+#[test]
+fn a_restore_in_segments_side_by_side_equals_the_source() {
+    let env = AgentEnv::new();
+    let src = env.path("src");
+    let t = TreeBuilder::new(&src);
+    for d in 0..4u64 {
+        for f in 0..8u64 {
+            t.file(
+                format!("data/d{d}/f{f}.bin"),
+                deterministic_bytes(100 + d * 8 + f, 150_000),
+            );
+        }
+        t.file(
+            format!("data/d{d}/deep/x/notes.txt"),
+            deterministic_text(d, 20_000),
+        );
+    }
+    t.file("data/d1/big.bin", deterministic_bytes(7, 2_500_000));
+    t.set_all_mtimes(1_690_000_000);
+    t.set_mtime("data/d2", 1_680_000_000);
+    t.chmod("data/d2", 0o555);
+    let t1 = T1.to_string();
+    let t2 = T2.to_string();
+    env.backup(&src, &["--volsize", "1", "--current-time", &t1])
+        .assert_success();
+    copy_tree(&src, &env.path("exp1"));
+    let full_volumes = env.objects_matching("duplicity-full.20231114T221320Z.vol");
+    assert!(full_volumes.len() >= 6, "{:?}", env.objects());
+
+    // Changes on both sides of the segment boundaries.
+    let mut f3 = std::fs::read(src.join("data/d0/f3.bin")).unwrap();
+    f3[70_000..80_000].copy_from_slice(&deterministic_bytes(9, 10_000));
+    t.file_with("data/d0/f3.bin", &f3, 0o644, 1_700_001_000);
+    let mut big = std::fs::read(src.join("data/d1/big.bin")).unwrap();
+    big.extend_from_slice(&deterministic_bytes(10, 600_000));
+    t.file_with("data/d1/big.bin", &big, 0o600, 1_700_001_000);
+    t.chmod("data/d2", 0o755);
+    t.remove("data/d2/f0.bin");
+    t.file_with("data/d2/new.txt", b"new\n", 0o644, 1_700_001_000);
+    t.set_mtime("data/d2", 1_700_001_000);
+    t.chmod("data/d2", 0o555);
+    t.file_with(
+        "data/d3/f5.bin",
+        deterministic_bytes(11, 150_000),
+        0o644,
+        1_700_001_000,
+    );
+    env.backup(&src, &["--volsize", "1", "--current-time", &t2])
+        .assert_success()
+        .assert_output_contains("Incremental backup");
+
+    let at_t1 = env.path("at-t1");
+    env.restore(&at_t1, &["--time", &t1]).assert_success();
+    assert_trees_equal(&env.path("exp1"), &at_t1);
+
+    let latest = env.path("latest");
+    let out = env
+        .cmd()
+        .env("RUST_LOG", "flotilla_client::engine::restore=debug")
+        .arg("restore")
+        .arg(env.url())
+        .arg(&latest)
+        .run_ok();
+    assert_trees_equal(&src, &latest);
+    let (segments, lanes) = restore_segments(&out);
+    assert!(segments >= 4, "{segments} segments: {out}");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(lanes, cores.min(2), "{out}");
+
+    let d1 = env.path("d1-only");
+    env.restore(&d1, &["--path", "data/d1"]).assert_success();
+    assert_trees_equal(&src.join("data/d1"), &d1);
+
+    // A damaged byte in the last full volume: the restore fails, names it, and leaves
+    // no target behind.
+    let last = full_volumes
+        .iter()
+        .max_by_key(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let n = name
+                .split(".vol")
+                .nth(1)
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap();
+            n.parse::<u32>().unwrap()
+        })
+        .unwrap();
+    let good = std::fs::read(last).unwrap();
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x01;
+    std::fs::write(last, &bad).unwrap();
+    let failed = env.path("failed");
+    env.restore(&failed, &[])
+        .assert_failure()
+        .assert_output_contains(&last.file_name().unwrap().to_string_lossy());
+    assert!(!failed.exists(), "a failed restore leaves no target");
+    std::fs::write(last, &good).unwrap();
+
+    // Each lane checks what it writes: a signature altered in a late segment is found.
+    let sigtar = files_under(&env.state)
+        .into_iter()
+        .find(|p| {
+            p.to_string_lossy().ends_with(".sigtar")
+                && p.to_string_lossy().contains("full-signatures")
+        })
+        .expect("full signatures in the cache");
+    let mut tar = std::fs::read(&sigtar).unwrap();
+    let at = tar_member_offset(&tar, "signature/data/d3/f7.bin").expect("d3/f7.bin's signature");
+    tar[at + 12] ^= 0x55;
+    std::fs::write(&sigtar, &tar).unwrap();
+    let flagged = env.path("flagged");
+    env.restore(&flagged, &[])
+        .assert_code(1)
+        .assert_output_contains("differs: data/d3/f7.bin: data differs from the backup's signature");
+}

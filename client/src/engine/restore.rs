@@ -15,13 +15,13 @@ use super::owners::Owners;
 use super::sigstate::SignatureState;
 use super::verify::RestoreCheck;
 use super::writeout::{
-    Expected, FinalMeta, Job, SMALL_FILE, Writers, apply_meta_fd, create_new_file,
+    DataChecked, Expected, FinalMeta, Job, SMALL_FILE, Writers, apply_meta_fd, create_new_file,
 };
 use flotilla_common::archive::entry::{EntryKind, EntryName};
 use flotilla_common::archive::rsync::apply_delta;
 use flotilla_common::archive::tarfmt::{self, TarHeader, TarReader};
 use flotilla_common::archive::{
-    BackupSet, Collection, FileKind, FileMeta, Index, Manifest, StoredObject,
+    BackupSet, Collection, FileKind, FileMeta, Index, Manifest, StoredObject, VolumeInfo,
 };
 use flotilla_common::crypto::DecryptionKeys;
 use flotilla_common::storage::BlockingStore;
@@ -34,10 +34,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 const FEED_CHUNK: usize = 256 * 1024;
-/// Threads creating small files (see `writeout`).
+/// Lanes restoring segments of the tree side by side (at most one per core).
+const RESTORE_LANES: usize = 2;
+/// Threads creating small files, per lane (see `writeout`).
 const WRITER_THREADS: usize = 2;
 /// Chunks buffered per set stream (bounded memory per set).
 const FEED_DEPTH: usize = 16;
@@ -428,6 +431,88 @@ pub struct TreeStats {
     pub sets: u64,
 }
 
+/// A segment of the index space that one lane of a restore reconstructs: the paths
+/// after `after` through `through` (`None`: open-ended).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Lane {
+    pub after: Option<Index>,
+    pub through: Option<Index>,
+}
+
+impl Lane {
+    /// The whole tree.
+    pub(crate) fn all() -> Lane {
+        Lane::default()
+    }
+
+    fn holds(&self, index: &Index) -> bool {
+        self.after.as_ref().is_none_or(|a| index > a)
+            && self.through.as_ref().is_none_or(|t| index <= t)
+    }
+
+    /// Whether `volume` may hold entries of this segment.
+    fn may_hold(&self, volume: &VolumeInfo) -> bool {
+        self.after.as_ref().is_none_or(|a| volume.end > *a)
+            && self.through.as_ref().is_none_or(|t| volume.start <= *t)
+    }
+
+    /// Whether everything from `index` on lies beyond this segment.
+    fn is_past(&self, index: &Index) -> bool {
+        self.through.as_ref().is_some_and(|t| index > t)
+    }
+}
+
+/// Most segments a restore is cut into (see [`split_segments`]). More balance the lanes
+/// better; but a volume of an incremental set that spans several segments is read again,
+/// from its start, for each.
+const MAX_SEGMENTS: usize = 16;
+
+/// Cuts a restore of `prefix` into segments that lanes can restore side by side, at
+/// the last path of volumes of the full set, about as many volumes in each (a volume
+/// holds about the same amount of data whether it compresses well or not). Each volume
+/// is an independent OpenPGP message of whole tar entries, so segments are read,
+/// decrypted and inflated apart; a file that continues into the next volume is read to
+/// its end by the lane of its segment, and the next lane skips its rest. Every volume is
+/// read to its end (hashed and its integrity checked) by the lane of the segment its
+/// last path is in. One segment for the whole tree when the volumes give no place to cut
+/// (one volume, or one file across all of them).
+pub(crate) fn split_segments(plan: &RestorePlan, prefix: &Index) -> Vec<Lane> {
+    let Some((_, manifest)) = plan.sets.first() else {
+        return vec![Lane::all()];
+    };
+    let selected: Vec<&VolumeInfo> = manifest
+        .volumes
+        .values()
+        .filter(|v| v.may_contain(prefix))
+        .collect();
+    let per_segment = selected.len().div_ceil(MAX_SEGMENTS).max(1);
+    let mut boundaries: Vec<Index> = Vec::new();
+    let mut since_cut = 0;
+    for pair in selected.windows(2) {
+        let (prev, next) = (pair[0], pair[1]);
+        since_cut += 1;
+        // The next volume must hold paths of its own, not only the rest of one file.
+        let has_own = next.start >= prev.end && next.end > prev.end;
+        if has_own && since_cut >= per_segment {
+            boundaries.push(prev.end.clone());
+            since_cut = 0;
+        }
+    }
+    let mut segments = Vec::with_capacity(boundaries.len() + 1);
+    let mut after = None;
+    for b in boundaries {
+        segments.push(Lane {
+            after: after.replace(b.clone()),
+            through: Some(b),
+        });
+    }
+    segments.push(Lane {
+        after,
+        through: None,
+    });
+    segments
+}
+
 /// Runs the merge of §3.7 for `plan`, restricted to `prefix` (re-rooted at it).
 pub fn reconstruct(
     ctx: &Context,
@@ -436,13 +521,46 @@ pub fn reconstruct(
     keys: &DecryptionKeys,
     sink: &mut dyn TreeSink,
 ) -> Result<TreeStats> {
+    let lane = reconstruct_lane(ctx, plan, prefix, &Lane::all(), keys, sink, None)?;
+    if !lane.found_prefix {
+        return Err(not_in_backup(prefix, plan));
+    }
+    Ok(lane.stats)
+}
+
+fn not_in_backup(prefix: &Index, plan: &RestorePlan) -> EngineError {
+    EngineError::NoBackup(format!(
+        "{} is not in the backup at {}",
+        prefix,
+        flotilla_common::archive::format_time(plan.time)
+    ))
+}
+
+/// What one lane of a reconstruction did.
+pub(crate) struct LaneDone {
+    pub stats: TreeStats,
+    /// Whether the lane met `prefix` or anything below it.
+    pub found_prefix: bool,
+}
+
+/// The merge of §3.7 for the entries of `lane` under `prefix`. `stop` is raised by
+/// another lane that failed: this one then stops too.
+pub(crate) fn reconstruct_lane(
+    ctx: &Context,
+    plan: &RestorePlan,
+    prefix: &Index,
+    lane: &Lane,
+    keys: &DecryptionKeys,
+    sink: &mut dyn TreeSink,
+    stop: Option<&AtomicBool>,
+) -> Result<LaneDone> {
     let mut stats = TreeStats::default();
     let mut streams: Vec<SetStream> = Vec::new();
     for (set, manifest) in &plan.sets {
         let selected: Vec<(StoredObject, Option<String>)> = manifest
             .volumes
             .values()
-            .filter(|v| v.may_contain(prefix))
+            .filter(|v| v.may_contain(prefix) && lane.may_hold(v))
             .map(|v| (set.volumes[&v.number].clone(), v.sha1.clone()))
             .collect();
         stats.volumes += selected.len() as u64;
@@ -474,10 +592,28 @@ pub fn reconstruct(
     }
     let mut found_prefix = prefix.is_root();
     while let Some(min) = heads.iter().flatten().map(|e| e.name.index.clone()).min() {
+        // The volumes of the rest are all read (and checked) by the next lane.
+        if lane.is_past(&min) {
+            break;
+        }
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(EngineError::Interrupted);
+        }
         let holders: Vec<usize> = (0..heads.len())
             .filter(|&i| heads[i].as_ref().is_some_and(|e| e.name.index == min))
             .collect();
-        if let Some(rel) = min.strip_prefix(prefix) {
+        if let Some(rel) = min.strip_prefix(prefix).filter(|_| lane.holds(&min)) {
+            // A file's first piece must be among the volumes read (they were chosen by
+            // the manifests' ranges): never restore the tail of a file as the file.
+            if let Some(&i) = holders.iter().find(|&&i| {
+                let name = &heads[i].as_ref().expect("holder").name;
+                name.piece.is_some_and(|k| k != 1)
+            }) {
+                return Err(EngineError::corrupt(
+                    streams[i].object(),
+                    format!("{min}: the file continues from a volume before this one"),
+                ));
+            }
             let base = holders
                 .iter()
                 .rposition(|&i| heads[i].as_ref().expect("holder").name.kind != EntryKind::Diff);
@@ -552,14 +688,10 @@ pub fn reconstruct(
             heads[i] = streams[i].next_entry()?;
         }
     }
-    if !found_prefix {
-        return Err(EngineError::NoBackup(format!(
-            "{} is not in the backup at {}",
-            prefix,
-            flotilla_common::archive::format_time(plan.time)
-        )));
-    }
-    Ok(stats)
+    Ok(LaneDone {
+        stats,
+        found_prefix,
+    })
 }
 
 struct CountingReader<'a, R: Read> {
@@ -701,6 +833,11 @@ struct StagingSink {
     closed_dirs: VecDeque<(u64, Completed)>,
     /// The backup's signatures, when the restored data is checked as it is written.
     signatures: Option<SignatureLookup>,
+    /// Directories left open at the end of a segment (see `run_lanes`).
+    held_open: Vec<(Index, PathBuf, FileMeta)>,
+    /// Parents of the current path checked on disk that are not in `dirs` (made by an
+    /// earlier lane, or for an archive without their directory entries).
+    checked_parents: Vec<Index>,
 }
 
 /// The backup's signature files read in step with the restore (both go in index order),
@@ -870,18 +1007,6 @@ impl StagingSink {
         Ok(())
     }
 
-    /// Waits for the writers, then applies the final metadata of every closed directory
-    /// and of the open ones deeper than `depth`.
-    fn close_dirs_deeper_than(&mut self, depth: usize) -> Result<()> {
-        self.settle()?;
-        while self.dirs.last().is_some_and(|(i, _, _)| i.depth() > depth) {
-            let (_, path, meta) = self.dirs.pop().expect("non-empty");
-            self.apply_meta(&path, &meta)
-                .map_err(|e| EngineError::io(&path, e))?;
-        }
-        Ok(())
-    }
-
     /// Writes a regular file: small ones whole by a writer, large ones created here and
     /// written in pieces by the writers; `check` is its signature to check the data
     /// against as it is written.
@@ -979,6 +1104,7 @@ impl StagingSink {
             .dirs
             .last()
             .is_some_and(|(di, _, _)| *di == parent_index)
+            || self.checked_parents.contains(&parent_index)
         {
             return Ok(());
         }
@@ -987,36 +1113,60 @@ impl StagingSink {
         self.writers.wait_all()?;
         let parent = path.parent().expect("has parent");
         match std::fs::symlink_metadata(parent) {
-            Ok(md) if md.is_dir() && !md.file_type().is_symlink() => Ok(()),
-            Ok(_) => Err(EngineError::corrupt(
-                "archive",
-                format!("refusing to restore {index}: its parent is not a directory in the backup"),
-            )),
+            Ok(md) if md.is_dir() && !md.file_type().is_symlink() => {}
+            Ok(_) => {
+                return Err(EngineError::corrupt(
+                    "archive",
+                    format!(
+                        "refusing to restore {index}: its parent is not a directory in the backup"
+                    ),
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Directory entries missing from the archive (duplicity would crash on a
-                // set without its root entry): create them, checking each existing
-                // component on the way.
-                if std::fs::symlink_metadata(&self.root).is_err() {
-                    std::fs::create_dir(&self.root).map_err(|e| EngineError::io(&self.root, e))?;
-                }
+                // set without its root entry), or not restored yet by the lane before
+                // this one: create them, checking each existing component on the way.
                 let mut p = self.root.clone();
+                create_dir_checked(&p, index)?;
                 for c in parent_index.components() {
                     p.push(OsStr::from_bytes(c));
-                    match std::fs::symlink_metadata(&p) {
-                        Ok(md) if md.is_dir() => {}
-                        Ok(_) => {
-                            return Err(EngineError::corrupt(
-                                "archive",
-                                format!("refusing to restore {index}: a parent is not a directory"),
-                            ));
-                        }
-                        Err(_) => std::fs::create_dir(&p).map_err(|e| EngineError::io(&p, e))?,
-                    }
+                    create_dir_checked(&p, index)?;
                 }
-                Ok(())
             }
-            Err(e) => Err(EngineError::io(parent, e)),
+            Err(e) => return Err(EngineError::io(parent, e)),
         }
+        // A directory this restore made is never replaced (nothing is created over an
+        // existing path), so it need not be looked at again. Only the parents of the
+        // current path are kept: at most its depth.
+        self.checked_parents.retain(|p| parent_index.starts_with(p));
+        self.checked_parents.push(parent_index);
+        Ok(())
+    }
+}
+
+/// Makes the directory `p` (a parent for `index`) unless a directory is there already:
+/// anything else there is refused. Another lane of the restore may make it at the same
+/// moment.
+fn create_dir_checked(p: &Path, index: &Index) -> Result<()> {
+    let refuse = || {
+        EngineError::corrupt(
+            "archive",
+            format!("refusing to restore {index}: a parent is not a directory"),
+        )
+    };
+    match std::fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(refuse()),
+        Err(_) => match std::fs::create_dir(p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                match std::fs::symlink_metadata(p) {
+                    Ok(md) if md.is_dir() => Ok(()),
+                    _ => Err(refuse()),
+                }
+            }
+            Err(e) => Err(EngineError::io(p, e)),
+        },
     }
 }
 
@@ -1092,6 +1242,99 @@ impl TreeSink for StagingSink {
         self.apply_meta(&path, meta)
             .map_err(|e| EngineError::io(&path, e))
     }
+}
+
+/// Restores `segments` with one lane per sink, the first on this thread and the others
+/// on threads of their own, each taking the next segment not taken yet (so each lane's
+/// segments come in order, as its reading of the signature files needs). When one lane
+/// fails the others stop, and the first real failure is returned.
+fn run_lanes(
+    ctx: &Context,
+    plan: &RestorePlan,
+    opts: &RestoreOptions,
+    segments: &[Lane],
+    sinks: &mut [StagingSink],
+) -> Result<TreeStats> {
+    let stop = AtomicBool::new(false);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let run = |sink: &mut StagingSink| -> Result<LaneDone> {
+        let mut all = LaneDone {
+            stats: TreeStats::default(),
+            found_prefix: false,
+        };
+        while let Some(segment) = segments.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let done = reconstruct_lane(
+                ctx,
+                plan,
+                &opts.path,
+                segment,
+                &opts.keys,
+                sink,
+                Some(&stop),
+            );
+            let done = match done {
+                Ok(done) => done,
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            // The directories still open may hold files of later segments, which other
+            // lanes write: their metadata waits for the end of the restore.
+            sink.held_open.append(&mut sink.dirs);
+            all.found_prefix |= done.found_prefix;
+            all.stats.files += done.stats.files;
+            all.stats.bytes += done.stats.bytes;
+            all.stats.volumes += done.stats.volumes;
+        }
+        Ok(all)
+    };
+    let (first, others) = sinks.split_first_mut().expect("one sink per lane");
+    let results: Vec<Result<LaneDone>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = others
+            .iter_mut()
+            .map(|sink| {
+                std::thread::Builder::new()
+                    .name("restore-lane".into())
+                    .spawn_scoped(scope, || run(sink))
+                    .expect("spawn restore lane")
+            })
+            .collect();
+        let mut results = vec![run(first)];
+        for h in handles {
+            results.push(
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        results
+    });
+    let mut stats = TreeStats {
+        sets: plan.sets.len() as u64,
+        ..TreeStats::default()
+    };
+    let mut found_prefix = false;
+    let mut interrupted = None;
+    for r in results {
+        match r {
+            Ok(done) => {
+                found_prefix |= done.found_prefix;
+                stats.files += done.stats.files;
+                stats.bytes += done.stats.bytes;
+                stats.volumes += done.stats.volumes;
+            }
+            // A lane stopped because another one failed: that failure is the one to tell.
+            Err(EngineError::Interrupted) => interrupted = Some(EngineError::Interrupted),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    if !found_prefix {
+        return Err(not_in_backup(&opts.path, plan));
+    }
+    Ok(stats)
 }
 
 /// Removes whatever is at `path` (a directory with its contents); absent is fine.
@@ -1193,7 +1436,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
             let _ = std::fs::remove_dir_all(target);
         }
     };
-    let mut sink = StagingSink {
+    let new_sink = |signatures| StagingSink {
         root: staging.join("root"),
         scratch: staging.join("scratch"),
         dirs: Vec::new(),
@@ -1206,13 +1449,54 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         writers: Writers::new(WRITER_THREADS),
         closed_dirs: VecDeque::new(),
         signatures,
+        checked_parents: Vec::new(),
+        held_open: Vec::new(),
     };
+    // Segments restored side by side, one lane per core: each lane has its own reading
+    // of the signature files.
+    let segments = split_segments(&plan, &opts.path);
+    let lanes = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(RESTORE_LANES)
+        .min(segments.len());
+    tracing::debug!(segments = segments.len(), lanes, "restore in segments");
+    tracing::trace!(?segments);
+    let mut sinks = vec![new_sink(signatures)];
+    for _ in 1..lanes {
+        let signatures = match &sinks[0].signatures {
+            Some(_) => Some(
+                match super::verify::restore_signatures(ctx, &sets, &opts.keys)? {
+                    Ok(state) => SignatureLookup {
+                        state,
+                        prefix: opts.path.clone(),
+                        broken: None,
+                    },
+                    Err(reason) => SignatureLookup {
+                        state: SignatureState::empty(),
+                        prefix: opts.path.clone(),
+                        broken: Some(reason),
+                    },
+                },
+            ),
+            None => None,
+        };
+        sinks.push(new_sink(signatures));
+    }
     let result = (|| -> Result<(TreeStats, PathBuf)> {
         std::fs::create_dir(&staging).map_err(|e| EngineError::io(&staging, e))?;
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| EngineError::io(&staging, e))?;
-        std::fs::create_dir(&sink.scratch).map_err(|e| EngineError::io(&sink.scratch, e))?;
-        let stats = reconstruct(ctx, &plan, &opts.path, &opts.keys, &mut sink)?;
+        let scratch = &sinks[0].scratch;
+        std::fs::create_dir(scratch).map_err(|e| EngineError::io(scratch, e))?;
+        let stats = run_lanes(ctx, &plan, opts, &segments, &mut sinks)?;
+        let (sink, others) = sinks.split_first_mut().expect("one sink per lane");
+        for other in others.iter_mut() {
+            other.settle()?;
+            sink.root_kind = sink.root_kind.or(other.root_kind);
+            sink.held_open.append(&mut other.held_open);
+            sink.deferred.append(&mut other.deferred);
+            sink.warnings.append(&mut other.warnings);
+        }
         if sink.root_kind.is_none() && sink.root.is_dir() {
             // A set without its root entry: the root was made for its children.
             sink.root_kind = Some(FileKind::Directory);
@@ -1220,9 +1504,19 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         // Everything verified: move the staged tree into place. Directories below the
         // top level get their final metadata now; top-level ones after the move (a
         // read-only directory cannot be moved to another parent by a non-root user).
-        sink.close_dirs_deeper_than(1)?;
-        let mut top_dirs: Vec<(Index, FileMeta)> =
-            sink.dirs.drain(..).map(|(i, _, m)| (i, m)).collect();
+        // The directories still open at the end of a segment wait for every lane.
+        sink.settle()?;
+        let mut held = std::mem::take(&mut sink.held_open);
+        held.sort_by_key(|(i, _, _)| std::cmp::Reverse(i.depth()));
+        let mut top_dirs: Vec<(Index, FileMeta)> = Vec::new();
+        for (index, path, meta) in held {
+            if index.depth() <= 1 {
+                top_dirs.push((index, meta));
+            } else {
+                sink.apply_meta(&path, &meta)
+                    .map_err(|e| EngineError::io(&path, e))?;
+            }
+        }
         top_dirs.append(&mut sink.deferred);
         // Children before the root, so the root's mtime is set last.
         top_dirs.sort_by_key(|(i, _)| std::cmp::Reverse(i.depth()));
@@ -1293,7 +1587,13 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         Ok((stats, restored_root)) => {
             let _ = std::fs::remove_dir_all(&staging);
             ctx.progress.finish();
-            let broken = sink.signatures.as_mut().and_then(|s| s.broken.take());
+            let mut data = DataChecked::default();
+            let mut broken = None;
+            for sink in sinks.iter_mut() {
+                data.add(sink.writers.data_checked());
+                let lookup = sink.signatures.as_mut();
+                broken = broken.or_else(|| lookup.and_then(|s| s.broken.take()));
+            }
             let check = if !opts.verify {
                 None
             } else if let Some(reason) = unverifiable.or(broken) {
@@ -1307,7 +1607,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                         &opts.path,
                         &restored_root,
                         opts.restore_owner,
-                        sink.writers.data_checked(),
+                        data,
                     )?),
                     Err(reason) => Some(RestoreCheck::unverifiable(reason)),
                 }
@@ -1318,7 +1618,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                 sets: plan.sets.iter().map(|(s, _)| s.times.to_string()).collect(),
                 target: target.clone(),
                 stats,
-                warnings: sink.warnings,
+                warnings: std::mem::take(&mut sinks[0].warnings),
                 restored_root,
                 check,
             })

@@ -92,6 +92,17 @@ pub(crate) struct DataChecked {
     pub listed: Vec<(Index, String)>,
 }
 
+impl DataChecked {
+    /// Adds what another set of writers checked.
+    pub(crate) fn add(&mut self, other: DataChecked) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.mismatches += other.mismatches;
+        let room = MAX_LISTED_MISMATCHES.saturating_sub(self.listed.len());
+        self.listed.extend(other.listed.into_iter().take(room));
+    }
+}
+
 /// Mismatching files listed by name (all are counted).
 pub(crate) const MAX_LISTED_MISMATCHES: usize = super::verify::RestoreCheck::MAX_LISTED;
 
