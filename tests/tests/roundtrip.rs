@@ -722,5 +722,7 @@ fn a_restore_in_segments_side_by_side_equals_the_source() {
     let flagged = env.path("flagged");
     env.restore(&flagged, &[])
         .assert_code(1)
-        .assert_output_contains("differs: data/d3/f7.bin: data differs from the backup's signature");
+        .assert_output_contains(
+            "differs: data/d3/f7.bin: data differs from the backup's signature",
+        );
 }

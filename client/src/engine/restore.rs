@@ -1263,6 +1263,7 @@ fn run_lanes(
             found_prefix: false,
         };
         while let Some(segment) = segments.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let started = std::time::Instant::now();
             let done = reconstruct_lane(
                 ctx,
                 plan,
@@ -1272,6 +1273,8 @@ fn run_lanes(
                 sink,
                 Some(&stop),
             );
+            let millis = started.elapsed().as_millis() as u64;
+            tracing::debug!(?segment.through, millis, "segment restored");
             let done = match done {
                 Ok(done) => done,
                 Err(e) => {
