@@ -307,6 +307,28 @@ fn gpg_to_ours_symmetric() {
         let got = decrypt(&keys, &msg).unwrap_or_else(|e| panic!("{v:?}: {e}"));
         assert!(got == small, "{v:?}");
     }
+    // A file rather than a pipe: gpg knows the length and writes the literal data
+    // packet with a definite one (the pipes above give partial lengths).
+    for compress in ["none", "zlib", "zip"] {
+        for len in [0usize, 150, 5000, 300_000] {
+            let file = home.dir.path().join(format!("plain-{compress}-{len}"));
+            std::fs::write(&file, &small[..len]).unwrap();
+            let path = file.to_str().unwrap();
+            let args = [
+                "--passphrase",
+                "gpg-pw",
+                "--compress-algo",
+                compress,
+                "-o",
+                "-",
+                "--symmetric",
+                path,
+            ];
+            let msg = home.ok(&args, b"");
+            let got = decrypt(&keys, &msg).unwrap_or_else(|e| panic!("{compress} {len}: {e}"));
+            assert!(got == small[..len], "{compress} {len}");
+        }
+    }
     // Empty plaintext.
     let msg = home.ok(&["--passphrase", "gpg-pw", "--symmetric"], b"");
     assert_eq!(decrypt(&keys, &msg).unwrap(), b"");

@@ -1492,6 +1492,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
         let scratch = &sinks[0].scratch;
         std::fs::create_dir(scratch).map_err(|e| EngineError::io(scratch, e))?;
         let stats = run_lanes(ctx, &plan, opts, &segments, &mut sinks)?;
+        tracing::debug!("lanes done");
         let (sink, others) = sinks.split_first_mut().expect("one sink per lane");
         for other in others.iter_mut() {
             other.settle()?;
@@ -1597,6 +1598,7 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
                 let lookup = sink.signatures.as_mut();
                 broken = broken.or_else(|| lookup.and_then(|s| s.broken.take()));
             }
+            tracing::debug!("restored tree in place");
             let check = if !opts.verify {
                 None
             } else if let Some(reason) = unverifiable.or(broken) {

@@ -51,6 +51,7 @@ mod cfb;
 mod compress;
 mod error;
 mod keys;
+mod plain;
 mod reader;
 mod writer;
 

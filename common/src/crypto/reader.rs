@@ -1,8 +1,9 @@
 //! Streaming OpenPGP message reader.
 //!
 //! rpgp parses the packets; the SEIPD v1 / SED container is decrypted here (see the module
-//! documentation for why), feeding the decrypted packet stream back into rpgp's parser for
-//! the compression, one-pass-signature and literal layers.
+//! documentation for why). The usual inner shape (a literal packet, compressed or not) is
+//! read by [`super::plain`]; anything else (signed messages, bzip2, other framings) goes
+//! back into rpgp's parser for the compression, one-pass-signature and literal layers.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
@@ -23,6 +24,7 @@ use super::DecryptionKeys;
 use super::cfb::{CfbDecryptor, block_size, quick_check};
 use super::error::CryptoError;
 use super::keys::{PublicKey, key_id_hex, verifying_components};
+use super::plain::{FastPlain, shape_of};
 
 const IN_BUF: usize = 256 * 1024;
 const SEIPD_BUF: usize = 256 * 1024;
@@ -116,7 +118,13 @@ pub fn decrypt_reader_with_options<'a, R: Read + Send + 'a>(
                 return Err(CryptoError::Truncated);
             }
             let (alg, key) = guard(|| find_session_key(&esks, keys, &prefix))??;
-            let seipd = Seipd::new(body, alg, &key, protected, &prefix)?;
+            let mut seipd = Seipd::new(body, alg, &key, protected, &prefix)?;
+            // The usual shapes are read without rpgp's inner layers (see `plain`).
+            if keys.expected_signers.is_empty()
+                && let Some(shape) = shape_of(&mut seipd)
+            {
+                return Ok(Box::new(FastPlain::new(seipd, shape, slot.clone())));
+            }
             let shared = Arc::new(Mutex::new(seipd));
             ctx.seipd = Some(shared.clone());
             let inner_src = DebugBuf(BufReader::with_capacity(INNER_BUF, SharedSeipd(shared)));
@@ -221,7 +229,7 @@ fn guard<T>(f: impl FnOnce() -> T) -> Result<T, CryptoError> {
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -342,7 +350,7 @@ fn find_session_key(
     }
 }
 
-type ErrSlot = Arc<Mutex<Option<io::Error>>>;
+pub(super) type ErrSlot = Arc<Mutex<Option<io::Error>>>;
 
 /// The caller's reader; remembers its I/O errors so they are not mistaken for bad data.
 struct Source<R> {
@@ -388,14 +396,14 @@ impl<T: BufRead> BufRead for DebugBuf<T> {
 
 /// Why the encrypted container failed.
 #[derive(Clone, Debug)]
-enum Fail {
+pub(super) enum Fail {
     Integrity,
     Truncated,
     Malformed(String),
 }
 
 impl Fail {
-    fn to_error(&self) -> CryptoError {
+    pub(super) fn to_error(&self) -> CryptoError {
         match self {
             Fail::Integrity => CryptoError::IntegrityCheckFailed,
             Fail::Truncated => CryptoError::Truncated,
@@ -405,7 +413,7 @@ impl Fail {
 }
 
 #[derive(Clone, Debug)]
-enum SState {
+pub(super) enum SState {
     Reading,
     /// End reached, MDC verified (or no MDC for legacy SED).
     Done,
@@ -414,7 +422,7 @@ enum SState {
 
 /// Decrypts a SEIPD v1 (or legacy SED) body: CFB with zero IV, random prefix, MDC held
 /// back and checked at the end.
-struct Seipd<'a> {
+pub(super) struct Seipd<'a> {
     src: PacketBodyReader<MessageReader<'a>>,
     cipher: CfbDecryptor,
     mdc: Option<Sha1>,
@@ -558,8 +566,24 @@ impl<'a> Seipd<'a> {
         }
     }
 
+    /// The decrypted bytes at hand (refilled when all were consumed); empty at the end.
+    pub(super) fn fill_buf(&mut self) -> Result<&[u8], Fail> {
+        while self.pos == self.avail {
+            match &self.state {
+                SState::Done => return Ok(&[]),
+                SState::Failed(f) => return Err(f.clone()),
+                SState::Reading => self.refill(),
+            }
+        }
+        Ok(&self.buf[self.pos..self.avail])
+    }
+
+    pub(super) fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.avail);
+    }
+
     /// Reads (and discards) up to the end, to learn whether the MDC holds.
-    fn drain(&mut self) -> SState {
+    pub(super) fn drain(&mut self) -> SState {
         while matches!(self.state, SState::Reading) {
             self.pos = self.avail;
             self.refill();
