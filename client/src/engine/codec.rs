@@ -237,38 +237,52 @@ const PREFETCH_DEPTH: usize = 4;
 
 /// The reading end of [`open_object_prefetched`]'s download thread.
 struct Prefetch {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// Buffers with how many of their bytes are data.
+    rx: std::sync::mpsc::Receiver<io::Result<(Vec<u8>, usize)>>,
     recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
     cur: Vec<u8>,
+    /// `cur[pos..len]` is unread data.
     pos: usize,
+    len: usize,
     done: bool,
+}
+
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 impl Prefetch {
     fn spawn(mut raw: impl Read + Send + 'static, cell: HashCell, name: &str) -> Result<Self> {
         use std::sync::mpsc::sync_channel;
-        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(PREFETCH_DEPTH);
+        let (tx, rx) = sync_channel::<io::Result<(Vec<u8>, usize)>>(PREFETCH_DEPTH);
         let (recycle, recycled) = sync_channel::<Vec<u8>>(PREFETCH_DEPTH + 2);
         std::thread::Builder::new()
             .name("volume-download".into())
             .spawn(move || {
                 let mut hasher = Sha1::new();
                 loop {
-                    let mut chunk = recycled
-                        .try_recv()
-                        .unwrap_or_else(|_| Vec::with_capacity(PREFETCH_CHUNK));
-                    chunk.clear();
-                    match (&mut raw)
-                        .take(PREFETCH_CHUNK as u64)
-                        .read_to_end(&mut chunk)
-                    {
+                    // Recycled buffers come back whole (see `Prefetch::read`): filling
+                    // them zeroes nothing.
+                    let mut chunk = recycled.try_recv().unwrap_or_default();
+                    chunk.resize(PREFETCH_CHUNK, 0);
+                    match read_full(&mut raw, &mut chunk) {
                         Ok(0) => {
                             *cell.0.lock().expect("hash cell") = Some(hex(&hasher.finalize()));
                             return;
                         }
-                        Ok(_) => {
-                            hasher.update(&chunk);
-                            if tx.send(Ok(chunk)).is_err() {
+                        Ok(n) => {
+                            hasher.update(&chunk[..n]);
+                            if tx.send(Ok((chunk, n))).is_err() {
                                 return; // the reader stopped
                             }
                         }
@@ -285,6 +299,7 @@ impl Prefetch {
             recycle,
             cur: Vec::new(),
             pos: 0,
+            len: 0,
             done: false,
         })
     }
@@ -292,15 +307,16 @@ impl Prefetch {
 
 impl Read for Prefetch {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
+        while self.pos == self.len {
             if self.done {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Ok(chunk)) => {
+                Ok(Ok((chunk, len))) => {
                     let used = std::mem::replace(&mut self.cur, chunk);
                     let _ = self.recycle.try_send(used);
                     self.pos = 0;
+                    self.len = len;
                 }
                 Ok(Err(e)) => {
                     self.done = true;
@@ -313,7 +329,7 @@ impl Read for Prefetch {
                 }
             }
         }
-        let n = out.len().min(self.cur.len() - self.pos);
+        let n = out.len().min(self.len - self.pos);
         out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)

@@ -46,7 +46,8 @@ const WRITER_THREADS: usize = 2;
 const FEED_DEPTH: usize = 16;
 
 enum Msg {
-    Data(Vec<u8>),
+    /// A buffer and how many of its bytes are data.
+    Data(Vec<u8>, usize),
     /// End of one volume, with its verdict.
     End(Result<()>),
 }
@@ -58,14 +59,16 @@ struct Feed {
     recycle: SyncSender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
+    /// `buf[..len]` is data.
+    len: usize,
     at_end: bool,
 }
 
 impl Read for Feed {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.pos < self.buf.len() {
-                let n = out.len().min(self.buf.len() - self.pos);
+            if self.pos < self.len {
+                let n = out.len().min(self.len - self.pos);
                 out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
                 self.pos += n;
                 return Ok(n);
@@ -74,10 +77,11 @@ impl Read for Feed {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Msg::Data(d)) => {
+                Ok(Msg::Data(d, len)) => {
                     let used = std::mem::replace(&mut self.buf, d);
                     let _ = self.recycle.try_send(used);
                     self.pos = 0;
+                    self.len = len;
                 }
                 Ok(Msg::End(Ok(()))) => {
                     self.at_end = true;
@@ -115,7 +119,8 @@ fn spawn_feed(
                     let (mut r, hash) = open_object_prefetched(&store, &obj, &keys)?;
                     loop {
                         // Reuse the buffers the reader is done with: a fresh 256 KiB
-                        // allocation per chunk is an mmap, page faults and zeroing.
+                        // allocation per chunk is an mmap, page faults and zeroing. They
+                        // come back whole (see `Feed::read`), so this zeroes nothing.
                         let mut chunk = recycled.try_recv().unwrap_or_default();
                         chunk.resize(FEED_CHUNK, 0);
                         let mut n = 0;
@@ -130,8 +135,7 @@ fn spawn_feed(
                         if n == 0 {
                             break;
                         }
-                        chunk.truncate(n);
-                        if tx.send(Msg::Data(chunk)).is_err() {
+                        if tx.send(Msg::Data(chunk, n)).is_err() {
                             return Err(EngineError::Interrupted);
                         }
                     }
@@ -177,6 +181,7 @@ fn spawn_feed(
         recycle,
         buf: Vec::new(),
         pos: 0,
+        len: 0,
         at_end: false,
     }
 }
