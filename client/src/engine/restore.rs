@@ -42,8 +42,9 @@ const FEED_CHUNK: usize = 256 * 1024;
 const RESTORE_LANES: usize = 2;
 /// Threads creating small files, per lane (see `writeout`).
 const WRITER_THREADS: usize = 2;
-/// Chunks buffered per set stream (bounded memory per set).
-const FEED_DEPTH: usize = 16;
+/// Chunks buffered per set stream and lane (bounded memory per set; with two lanes
+/// reading, a deeper queue bought no speed).
+const FEED_DEPTH: usize = 6;
 
 enum Msg {
     /// A buffer and how many of its bytes are data.

@@ -54,6 +54,8 @@ pub struct SignatureState {
     cursors: Vec<Cursor>,
     peeked: Option<SigEntry>,
     last: Option<Index>,
+    /// Read the signatures themselves (else `SigEntry::signature` is `None`).
+    keep_signatures: bool,
 }
 
 impl SignatureState {
@@ -63,6 +65,7 @@ impl SignatureState {
             cursors: Vec::new(),
             peeked: None,
             last: None,
+            keep_signatures: true,
         }
     }
 
@@ -82,7 +85,48 @@ impl SignatureState {
             cursors,
             peeked: None,
             last: None,
+            keep_signatures: true,
         })
+    }
+
+    /// Reads paths and metadata only, skipping the signatures (all a check of a restored
+    /// tree's metadata needs): every `SigEntry::signature` is `None`.
+    pub fn metadata_only(mut self) -> Self {
+        self.keep_signatures = false;
+        self
+    }
+
+    /// Reads on a thread of its own, a few hundred paths ahead (see [`SignaturesAhead`]).
+    pub fn ahead(mut self) -> SignaturesAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_DEPTH);
+        let handle = std::thread::Builder::new()
+            .name("signatures".into())
+            .spawn(move || {
+                loop {
+                    let mut batch = Vec::with_capacity(AHEAD_BATCH);
+                    while batch.len() < AHEAD_BATCH {
+                        match self.next_entry() {
+                            Ok(Some(e)) => batch.push(e),
+                            Ok(None) => break,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        }
+                    }
+                    let end = batch.len() < AHEAD_BATCH;
+                    // A failed send means the reader is gone.
+                    if (!batch.is_empty() && tx.send(Ok(batch)).is_err()) || end {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn signature reader");
+        SignaturesAhead {
+            rx,
+            batch: Vec::new().into_iter(),
+            handle: Some(handle),
+        }
     }
 
     fn next_raw(&mut self) -> Result<Option<SigEntry>> {
@@ -133,7 +177,7 @@ impl SignatureState {
                             format!("unsupported entry type for {}", name.index),
                         )
                     })?;
-                    let signature = if name.kind == EntryKind::Signature {
+                    let signature = if name.kind == EntryKind::Signature && self.keep_signatures {
                         let mut data = Vec::new();
                         c.reader
                             .read_entry_to_end(&mut data)
@@ -170,5 +214,38 @@ impl SignatureState {
             return Ok(Some(e));
         }
         self.next_raw()
+    }
+}
+
+/// Paths per hand-off, and hand-offs queued, of [`SignaturesAhead`].
+const AHEAD_BATCH: usize = 64;
+const AHEAD_DEPTH: usize = 8;
+
+/// A [`SignatureState`] read on a thread of its own: decrypting, inflating and parsing
+/// the signature files overlap the reader's work.
+pub struct SignaturesAhead {
+    rx: std::sync::mpsc::Receiver<Result<Vec<SigEntry>>>,
+    batch: std::vec::IntoIter<SigEntry>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SignaturesAhead {
+    pub fn next_entry(&mut self) -> Result<Option<SigEntry>> {
+        loop {
+            if let Some(e) = self.batch.next() {
+                return Ok(Some(e));
+            }
+            match self.rx.recv() {
+                Ok(Ok(batch)) => self.batch = batch.into_iter(),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    // The end, or a panic on the thread, which must not look like the end.
+                    if let Some(Err(panic)) = self.handle.take().map(|h| h.join()) {
+                        std::panic::resume_unwind(panic);
+                    }
+                    return Ok(None);
+                }
+            }
+        }
     }
 }

@@ -296,13 +296,15 @@ pub(crate) fn restore_signatures(
 /// files).
 pub(crate) fn check_restored(
     ctx: &Context,
-    mut state: SignatureState,
+    state: SignatureState,
     prefix: &Index,
     restored: &Path,
     check_owner: bool,
     data: DataChecked,
 ) -> Result<RestoreCheck> {
     let started = std::time::Instant::now();
+    // The signature files and the tree are read on threads of their own; this one compares.
+    let mut state = state.metadata_only().ahead();
     let mut found = Walker::new(restored.to_path_buf(), Selection::default(), vec![])
         .ahead()
         .peekable();
