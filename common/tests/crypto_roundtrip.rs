@@ -625,9 +625,21 @@ fn literal_data_in_every_framing_decrypts() {
     use pgp::crypto::hash::HashAlgorithm;
     use pgp::crypto::sym::SymmetricKeyAlgorithm;
     use pgp::types::{CompressionAlgorithm, Password, StringToKey};
-    let mut rng = rand::thread_rng();
     let keys = pw_keys("pw");
-    let s2k = || StringToKey::new_iterated(rand::thread_rng(), HashAlgorithm::Sha256, 1);
+    // Compressed (or not) and encrypted to the passphrase "pw".
+    fn seal<R: Read>(
+        mut b: MessageBuilder<'_, R>,
+        compression: Option<CompressionAlgorithm>,
+    ) -> Vec<u8> {
+        let mut rng = rand::thread_rng();
+        if let Some(c) = compression {
+            b.compression(c);
+        }
+        let s2k = StringToKey::new_iterated(&mut rng, HashAlgorithm::Sha256, 1);
+        let mut b = b.seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
+        b.encrypt_with_password(s2k, &Password::from("pw")).unwrap();
+        b.to_vec(&mut rng).unwrap()
+    }
     for (i, len) in [0usize, 100, 191, 192, 8383, 8384, 70_000, 3 * MIB]
         .into_iter()
         .enumerate()
@@ -639,22 +651,12 @@ fn literal_data_in_every_framing_decrypts() {
                 let msg = if partial {
                     let mut b = MessageBuilder::from_reader("", &data[..]);
                     b.partial_chunk_size(512).unwrap();
-                    if let Some(c) = compression {
-                        b.compression(c);
-                    }
-                    let mut b = b.seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
-                    b.encrypt_with_password(s2k(), &Password::from("pw"))
-                        .unwrap();
-                    b.to_vec(&mut rng).unwrap()
+                    seal(b, compression)
                 } else {
-                    let mut b = MessageBuilder::from_bytes("name.bin", data.clone());
-                    if let Some(c) = compression {
-                        b.compression(c);
-                    }
-                    let mut b = b.seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
-                    b.encrypt_with_password(s2k(), &Password::from("pw"))
-                        .unwrap();
-                    b.to_vec(&mut rng).unwrap()
+                    seal(
+                        MessageBuilder::from_bytes("name.bin", data.clone()),
+                        compression,
+                    )
                 };
                 let got = decrypt(&keys, &msg).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert!(got == data, "{what}: content differs");

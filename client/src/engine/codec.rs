@@ -247,20 +247,6 @@ struct Prefetch {
     done: bool,
 }
 
-/// Reads until `buf` is full or the input ends; the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 impl Prefetch {
     fn spawn(mut raw: impl Read + Send + 'static, cell: HashCell, name: &str) -> Result<Self> {
         use std::sync::mpsc::sync_channel;
@@ -275,7 +261,7 @@ impl Prefetch {
                     // them zeroes nothing.
                     let mut chunk = recycled.try_recv().unwrap_or_default();
                     chunk.resize(PREFETCH_CHUNK, 0);
-                    match read_full(&mut raw, &mut chunk) {
+                    match flotilla_common::archive::tarfmt::read_full(&mut raw, &mut chunk) {
                         Ok(0) => {
                             *cell.0.lock().expect("hash cell") = Some(hex(&hasher.finalize()));
                             return;

@@ -6,6 +6,7 @@
 //! later, the daemon) build a [`Context`] and call [`backup::backup`],
 //! [`restore::restore`], [`verify::verify`], [`inspect`] and [`retention`].
 
+mod ahead;
 pub mod backup;
 pub mod cache;
 pub mod codec;

@@ -124,15 +124,8 @@ fn spawn_feed(
                         // come back whole (see `Feed::read`), so this zeroes nothing.
                         let mut chunk = recycled.try_recv().unwrap_or_default();
                         chunk.resize(FEED_CHUNK, 0);
-                        let mut n = 0;
-                        while n < chunk.len() {
-                            match r.read(&mut chunk[n..]) {
-                                Ok(0) => break,
-                                Ok(k) => n += k,
-                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(EngineError::from_object_io(&obj.name, e)),
-                            }
-                        }
+                        let n = tarfmt::read_full(&mut r, &mut chunk)
+                            .map_err(|e| EngineError::from_object_io(&obj.name, e))?;
                         if n == 0 {
                             break;
                         }
@@ -435,6 +428,15 @@ pub struct TreeStats {
     pub bytes: u64,
     pub volumes: u64,
     pub sets: u64,
+}
+
+impl TreeStats {
+    /// Adds the files, bytes and volumes of another part of the same reconstruction.
+    fn add(&mut self, part: &TreeStats) {
+        self.files += part.files;
+        self.bytes += part.bytes;
+        self.volumes += part.volumes;
+    }
 }
 
 /// A segment of the index space that one lane of a restore reconstructs: the paths
@@ -858,6 +860,23 @@ pub(crate) struct SignatureLookup {
 }
 
 impl SignatureLookup {
+    /// The signature files of `sets` from their start, or why they cannot be read.
+    fn open(
+        ctx: &Context,
+        sets: &[&BackupSet],
+        opts: &RestoreOptions,
+    ) -> Result<std::result::Result<SignatureLookup, String>> {
+        Ok(
+            super::verify::restore_signatures(ctx, sets, &opts.keys)?.map(|state| {
+                SignatureLookup {
+                    state,
+                    prefix: opts.path.clone(),
+                    broken: None,
+                }
+            }),
+        )
+    }
+
     /// The stored signature of `rel` (relative to the prefix), if the backup has one;
     /// the paths before it are skipped.
     fn signature_of(&mut self, rel: &Index) -> Option<Vec<u8>> {
@@ -1292,9 +1311,7 @@ fn run_lanes(
             // lanes write: their metadata waits for the end of the restore.
             sink.held_open.append(&mut sink.dirs);
             all.found_prefix |= done.found_prefix;
-            all.stats.files += done.stats.files;
-            all.stats.bytes += done.stats.bytes;
-            all.stats.volumes += done.stats.volumes;
+            all.stats.add(&done.stats);
         }
         Ok(all)
     };
@@ -1328,9 +1345,7 @@ fn run_lanes(
         match r {
             Ok(done) => {
                 found_prefix |= done.found_prefix;
-                stats.files += done.stats.files;
-                stats.bytes += done.stats.bytes;
-                stats.volumes += done.stats.volumes;
+                stats.add(&done.stats);
             }
             // A lane stopped because another one failed: that failure is the one to tell.
             Err(EngineError::Interrupted) => interrupted = Some(EngineError::Interrupted),
@@ -1406,15 +1421,8 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
     // so they are opened first; the metadata is checked after the restore.
     let sets: Vec<&BackupSet> = plan.sets.iter().map(|(s, _)| s).collect();
     let (signatures, unverifiable) = if opts.verify {
-        match super::verify::restore_signatures(ctx, &sets, &opts.keys)? {
-            Ok(state) => (
-                Some(SignatureLookup {
-                    state,
-                    prefix: opts.path.clone(),
-                    broken: None,
-                }),
-                None,
-            ),
+        match SignatureLookup::open(ctx, &sets, opts)? {
+            Ok(lookup) => (Some(lookup), None),
             Err(reason) => (None, Some(reason)),
         }
     } else {
@@ -1473,19 +1481,13 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions) -> Result<RestoreReport> {
     let mut sinks = vec![new_sink(signatures)];
     for _ in 1..lanes {
         let signatures = match &sinks[0].signatures {
+            // Could the first lane open them and this one not, it goes unchecked.
             Some(_) => Some(
-                match super::verify::restore_signatures(ctx, &sets, &opts.keys)? {
-                    Ok(state) => SignatureLookup {
-                        state,
-                        prefix: opts.path.clone(),
-                        broken: None,
-                    },
-                    Err(reason) => SignatureLookup {
-                        state: SignatureState::empty(),
-                        prefix: opts.path.clone(),
-                        broken: Some(reason),
-                    },
-                },
+                SignatureLookup::open(ctx, &sets, opts)?.unwrap_or_else(|reason| SignatureLookup {
+                    state: SignatureState::empty(),
+                    prefix: opts.path.clone(),
+                    broken: Some(reason),
+                }),
             ),
             None => None,
         };

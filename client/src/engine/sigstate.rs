@@ -1,6 +1,7 @@
 //! The signature state of a chain: the overlay of its signature files, streamed in index
 //! order (duplicity-format.md §4.1). This is what an incremental compares against.
 
+use super::ahead::Ahead;
 use super::error::{EngineError, Result};
 use flotilla_common::archive::entry::{EntryKind, EntryName};
 use flotilla_common::archive::tarfmt::{TarHeader, TarReader};
@@ -97,36 +98,20 @@ impl SignatureState {
     }
 
     /// Reads on a thread of its own, a few hundred paths ahead (see [`SignaturesAhead`]).
-    pub fn ahead(mut self) -> SignaturesAhead {
-        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_DEPTH);
-        let handle = std::thread::Builder::new()
-            .name("signatures".into())
-            .spawn(move || {
-                loop {
-                    let mut batch = Vec::with_capacity(AHEAD_BATCH);
-                    while batch.len() < AHEAD_BATCH {
-                        match self.next_entry() {
-                            Ok(Some(e)) => batch.push(e),
-                            Ok(None) => break,
-                            Err(e) => {
-                                let _ = tx.send(Err(e));
-                                return;
-                            }
-                        }
-                    }
-                    let end = batch.len() < AHEAD_BATCH;
-                    // A failed send means the reader is gone.
-                    if (!batch.is_empty() && tx.send(Ok(batch)).is_err()) || end {
-                        return;
-                    }
+    pub fn ahead(self) -> SignaturesAhead {
+        // The state, and whether it failed (nothing more is read after an error).
+        SignaturesAhead(Ahead::spawn(
+            "signatures",
+            (self, false),
+            |(state, failed)| {
+                if *failed {
+                    return None;
                 }
-            })
-            .expect("spawn signature reader");
-        SignaturesAhead {
-            rx,
-            batch: Vec::new().into_iter(),
-            handle: Some(handle),
-        }
+                let next = state.next_entry().transpose();
+                *failed = matches!(next, Some(Err(_)));
+                next
+            },
+        ))
     }
 
     fn next_raw(&mut self) -> Result<Option<SigEntry>> {
@@ -217,35 +202,12 @@ impl SignatureState {
     }
 }
 
-/// Paths per hand-off, and hand-offs queued, of [`SignaturesAhead`].
-const AHEAD_BATCH: usize = 64;
-const AHEAD_DEPTH: usize = 8;
-
-/// A [`SignatureState`] read on a thread of its own: decrypting, inflating and parsing
-/// the signature files overlap the reader's work.
-pub struct SignaturesAhead {
-    rx: std::sync::mpsc::Receiver<Result<Vec<SigEntry>>>,
-    batch: std::vec::IntoIter<SigEntry>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
+/// A [`SignatureState`] read on a thread of its own (see [`Ahead`]): decrypting,
+/// inflating and parsing the signature files overlap the reader's work.
+pub struct SignaturesAhead(Ahead<Result<SigEntry>, (SignatureState, bool)>);
 
 impl SignaturesAhead {
     pub fn next_entry(&mut self) -> Result<Option<SigEntry>> {
-        loop {
-            if let Some(e) = self.batch.next() {
-                return Ok(Some(e));
-            }
-            match self.rx.recv() {
-                Ok(Ok(batch)) => self.batch = batch.into_iter(),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    // The end, or a panic on the thread, which must not look like the end.
-                    if let Some(Err(panic)) = self.handle.take().map(|h| h.join()) {
-                        std::panic::resume_unwind(panic);
-                    }
-                    return Ok(None);
-                }
-            }
-        }
+        self.0.next_item().transpose()
     }
 }

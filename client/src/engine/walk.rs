@@ -3,6 +3,7 @@
 //!
 //! Memory: one sorted name list per directory on the current path, never the whole tree.
 
+use super::ahead::Ahead;
 use super::owners::Owners;
 use super::select::Selection;
 use flotilla_common::archive::{FileKind, FileMeta, Index};
@@ -41,43 +42,14 @@ pub struct Walker {
     pub warnings: Vec<String>,
 }
 
-/// Entries per hand-off, and hand-offs queued, of [`WalkAhead`].
-const AHEAD_BATCH: usize = 64;
-const AHEAD_DEPTH: usize = 8;
-
-/// A [`Walker`] running on a thread of its own, at most a few hundred entries ahead of
-/// its reader: the `lstat`s and directory reads (kernel time, a good part of a walk)
-/// overlap the reader's work instead of adding to it.
-pub struct WalkAhead {
-    rx: std::sync::mpsc::Receiver<Vec<SourceEntry>>,
-    batch: std::vec::IntoIter<SourceEntry>,
-    walker: Option<std::thread::JoinHandle<Walker>>,
-    /// The walk's warnings, once its thread was joined.
-    warnings: Vec<String>,
-}
+/// A [`Walker`] running on a thread of its own (see [`Ahead`]): the `lstat`s and directory
+/// reads (kernel time, a good part of a walk) overlap the reader's work.
+pub struct WalkAhead(Ahead<SourceEntry, Walker>);
 
 impl Walker {
     /// Runs the walk on a thread of its own (see [`WalkAhead`]).
-    pub fn ahead(mut self) -> WalkAhead {
-        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_DEPTH);
-        let walker = std::thread::Builder::new()
-            .name("walk".into())
-            .spawn(move || {
-                loop {
-                    let batch: Vec<SourceEntry> = self.by_ref().take(AHEAD_BATCH).collect();
-                    // An empty batch ends the walk; a failed send means the reader is gone.
-                    if batch.is_empty() || tx.send(batch).is_err() {
-                        return self;
-                    }
-                }
-            })
-            .expect("spawn walker");
-        WalkAhead {
-            rx,
-            batch: Vec::new().into_iter(),
-            walker: Some(walker),
-            warnings: Vec::new(),
-        }
+    pub fn ahead(self) -> WalkAhead {
+        WalkAhead(Ahead::spawn("walk", self, |walker| walker.next()))
     }
 }
 
@@ -85,39 +57,14 @@ impl Iterator for WalkAhead {
     type Item = SourceEntry;
 
     fn next(&mut self) -> Option<SourceEntry> {
-        loop {
-            if let Some(e) = self.batch.next() {
-                return Some(e);
-            }
-            match self.rx.recv() {
-                Ok(batch) => self.batch = batch.into_iter(),
-                Err(_) => {
-                    self.join();
-                    return None;
-                }
-            }
-        }
+        self.0.next_item()
     }
 }
 
 impl WalkAhead {
     /// The problems the walk met (see [`Walker::warnings`]); waits for the walk to end.
-    pub fn finish(mut self) -> Vec<String> {
-        // Entries not read are dropped, which lets the thread end.
-        let (_, rx) = std::sync::mpsc::sync_channel(0);
-        drop(std::mem::replace(&mut self.rx, rx));
-        self.join();
-        std::mem::take(&mut self.warnings)
-    }
-
-    /// Joins the walk's thread. A panic there is raised here: it must not look like the
-    /// end of the tree (a backup would record the rest of it as deleted).
-    fn join(&mut self) {
-        match self.walker.take().map(|h| h.join()) {
-            Some(Ok(walker)) => self.warnings = walker.warnings,
-            Some(Err(panic)) => std::panic::resume_unwind(panic),
-            None => {}
-        }
+    pub fn finish(self) -> Vec<String> {
+        self.0.finish().warnings
     }
 }
 
