@@ -9,10 +9,14 @@ use std::thread::JoinHandle;
 /// stage (encryption, hashing and uploading) run beside the stages feeding it. A failure
 /// of the thread comes back from the next write or from [`WriteBehind::finish`]; dropping
 /// it without `finish` ends the thread and drops `W`.
+///
+/// A producer that fills whole buffers of its own hands them over with
+/// [`WriteBehind::send_owned`] instead, which copies nothing.
 pub struct WriteBehind<W: Write + Send + 'static> {
     name: &'static str,
     chunk: usize,
-    tx: Option<SyncSender<Vec<u8>>>,
+    /// A buffer and where its bytes start.
+    tx: Option<SyncSender<(Vec<u8>, usize)>>,
     recycled: Receiver<Vec<u8>>,
     pending: Vec<u8>,
     handle: Option<JoinHandle<io::Result<W>>>,
@@ -21,14 +25,14 @@ pub struct WriteBehind<W: Write + Send + 'static> {
 impl<W: Write + Send + 'static> WriteBehind<W> {
     /// Starts the thread (named `name`).
     pub fn spawn(mut inner: W, name: &'static str, chunk: usize, depth: usize) -> io::Result<Self> {
-        let (tx, rx) = sync_channel::<Vec<u8>>(depth);
+        let (tx, rx) = sync_channel::<(Vec<u8>, usize)>(depth);
         let (recycle_tx, recycled) = sync_channel::<Vec<u8>>(depth + 2);
         let handle = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                for mut buf in rx {
-                    inner.write_all(&buf)?;
-                    buf.clear();
+                for (buf, start) in rx {
+                    inner.write_all(&buf[start..])?;
+                    // Returned with its length, so refilling it zeroes nothing.
                     let _ = recycle_tx.try_send(buf);
                 }
                 Ok(inner)
@@ -44,10 +48,26 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
     }
 
     fn send(&mut self) -> io::Result<()> {
-        let next = self.recycled.try_recv().unwrap_or_default();
+        let mut next = self.recycled.try_recv().unwrap_or_default();
+        next.clear();
         let full = std::mem::replace(&mut self.pending, next);
+        self.send_buffer(full, 0)
+    }
+
+    /// Hands over `buf[start..]` itself (after any bytes written before it) and returns a
+    /// buffer for the next one: a used one, with its old length and contents, if one has
+    /// come back, else an empty one.
+    pub fn send_owned(&mut self, buf: Vec<u8>, start: usize) -> io::Result<Vec<u8>> {
+        if !self.pending.is_empty() {
+            self.send()?;
+        }
+        self.send_buffer(buf, start)?;
+        Ok(self.recycled.try_recv().unwrap_or_default())
+    }
+
+    fn send_buffer(&mut self, buf: Vec<u8>, start: usize) -> io::Result<()> {
         if let Some(tx) = &self.tx
-            && tx.send(full).is_ok()
+            && tx.send((buf, start)).is_ok()
         {
             return Ok(());
         }

@@ -546,6 +546,66 @@ fn writer_is_usable_as_io_write_and_reports_errors() {
     assert!(matches!(w.finish(), Err(CryptoError::WriterFailed)));
 }
 
+/// A message written with its output on a thread of its own (parts handed over whole)
+/// decrypts to the same bytes and has the same length as one written in place, also
+/// where the last part is full or the MDC's hash starts a part of its own; a failing
+/// output fails the writer.
+#[test]
+fn writer_behind_hands_over_whole_parts() {
+    let keys = sec_keys(&["ed"]);
+    let spec = EncryptionSpec {
+        recipients: vec![public("ed")],
+        ..spec(Compression::None, 1)
+    };
+    // Uncompressed, the encrypted data is the data and about 70 bytes of packet headers,
+    // prefix and MDC: these sizes put the end of the message on either side of 1 and 2
+    // MiB parts.
+    let sizes = (MIB - 100..MIB - 30).chain(2 * MIB - 100..2 * MIB - 30);
+    for n in sizes.chain([0, 1, 5 * MIB + 3]) {
+        let data = random_bytes(n, n as u64);
+        let mut w = spec.writer_behind(Vec::new(), "test-upload").unwrap();
+        w.write_all(&data).unwrap();
+        let behind = w.finish().unwrap();
+        let here = encrypt(&spec, &data);
+        assert_eq!(behind.len(), here.len(), "n {n}: length");
+        assert!(decrypt(&keys, &behind).unwrap() == data, "n {n}: content");
+    }
+    for threads in [1, 3] {
+        let data = compressible_bytes(3 * MIB + 5, 3);
+        let mut w = sym(Compression::Zlib { level: 6 }, threads)
+            .writer_behind(Vec::new(), "test-upload")
+            .unwrap();
+        std::io::copy(&mut &data[..], &mut w).unwrap();
+        let msg = w.finish().unwrap();
+        assert!(decrypt(&pw_keys("correct horse"), &msg).unwrap() == data);
+    }
+
+    struct Failing(usize);
+    impl Write for Failing {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.0 < b.len() {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.0 -= b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let data = random_bytes(8 * MIB, 9);
+    let mut w = spec.writer_behind(Failing(3 * MIB), "test-upload").unwrap();
+    let written = w.write_all(&data);
+    let err = match written {
+        Err(e) => e.to_string(),
+        Ok(()) => match w.finish() {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a failing output must fail the writer"),
+        },
+    };
+    assert!(err.contains("disk full"), "{err}");
+}
+
 /// Flip and truncate bytes of real messages: never a panic, never wrong plaintext.
 #[test]
 fn fuzz_flips_and_truncations() {

@@ -7,7 +7,6 @@ use flotilla_common::archive::manifest::{Manifest, ManifestParser};
 use flotilla_common::archive::names::{ObjectKind, ObjectName, SetTimes};
 use flotilla_common::crypto::{self, DecryptionKeys, EncryptionSpec, MessageWriter};
 use flotilla_common::storage::{BlockingStore, ObjectWriter};
-use flotilla_common::write_behind::WriteBehind;
 use sha1::{Digest, Sha1};
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
@@ -38,16 +37,13 @@ impl Codec {
             bytes: 0,
         };
         let inner = match self {
-            Codec::Encrypted(spec) => {
-                let offload = Offload::spawn(hashed, "object-upload", OFFLOAD_CHUNK, OFFLOAD_DEPTH)
-                    .map_err(|e| EngineError::io("thread", e))?;
-                Inner::Pgp(Box::new(spec.writer(offload).map_err(|e| {
-                    EngineError::Crypto {
+            Codec::Encrypted(spec) => Inner::Pgp(Box::new(
+                spec.writer_behind(hashed, "object-upload")
+                    .map_err(|e| EngineError::Crypto {
                         object: "new object".into(),
                         error: e,
-                    }
-                })?))
-            }
+                    })?,
+            )),
             Codec::Gzip { level } if kind != ObjectKind::Manifest => Inner::Gzip(Box::new(
                 flate2::write::GzEncoder::new(hashed, flate2::Compression::new(*level)),
             )),
@@ -76,21 +72,14 @@ impl Write for Sha1Writer {
     }
 }
 
-/// Encrypted objects are hashed and uploaded on a thread of their own (`object-upload`):
-/// AES-CFB encryption is serial within a message and the encryption thread also computes
-/// the integrity SHA-1; with the SHA-1 of the stored bytes and the upload beside it, that
-/// thread limited the backup on incompressible data (media, archives), where little else
-/// runs. Bytes handed over at a time:
-const OFFLOAD_CHUNK: usize = 1 << 20;
-/// Hand-offs queued for it.
-const OFFLOAD_DEPTH: usize = 2;
-
-/// Dropped without `finish` (an error elsewhere), its thread ends and drops the upload,
-/// which leaves no object behind.
-type Offload = WriteBehind<Sha1Writer>;
-
+/// Encrypted objects are hashed and uploaded on a thread of their own (`object-upload`,
+/// [`EncryptionSpec::writer_behind`]): AES-CFB encryption is serial within a message and
+/// the encryption thread also computes the integrity SHA-1; with the SHA-1 of the stored
+/// bytes and the upload beside it, that thread limited the backup on incompressible data
+/// (media, archives), where little else runs. Dropped without `finish` (an error
+/// elsewhere), that thread ends and drops the upload, which leaves no object behind.
 enum Inner {
-    Pgp(Box<MessageWriter<Offload>>),
+    Pgp(Box<MessageWriter<Sha1Writer>>),
     Gzip(Box<flate2::write::GzEncoder<Sha1Writer>>),
     Plain(Box<Sha1Writer>),
 }
@@ -111,7 +100,7 @@ impl EncodedWriter {
     /// Finishes the encoding and the upload: the object exists when this returns.
     pub fn finish(self) -> io::Result<StoredInfo> {
         let hashed = match self.inner {
-            Inner::Pgp(w) => w.finish().map_err(|e| e.into_io())?.finish()?,
+            Inner::Pgp(w) => w.finish().map_err(|e| e.into_io())?,
             Inner::Gzip(w) => (*w).finish()?,
             Inner::Plain(w) => *w,
         };

@@ -262,39 +262,50 @@ impl CfbMdcEncryptor {
         })
     }
 
-    /// Hashes `data` (the plaintext) into the MDC and encrypts it in place.
-    pub(crate) fn hash_and_encrypt(&mut self, data: &mut [u8]) {
-        let mut data = data;
+    /// Hashes `src` (the plaintext) into the MDC and writes its ciphertext to `dst` (of the
+    /// same length). Reading one buffer and writing the other is the same work as
+    /// encrypting in place, so the caller needs no copy of the plaintext first.
+    pub(crate) fn hash_and_encrypt_into(&mut self, src: &[u8], dst: &mut [u8]) {
+        assert_eq!(src.len(), dst.len(), "CFB source and destination lengths");
+        let (mut src, mut dst) = (src, dst);
         // Up to a 64-byte boundary of the stream, byte-wise.
         if self.npending > 0 || self.pos > 0 {
             let n = if self.npending > 0 {
-                (64 - self.npending).min(data.len())
+                (64 - self.npending).min(src.len())
             } else {
-                data.len()
+                src.len()
             };
-            let (head, rest) = data.split_at_mut(n);
-            self.hash(head);
-            self.encrypt(head);
-            data = rest;
+            self.hash_and_encrypt_bytes(&src[..n], &mut dst[..n]);
+            src = &src[n..];
+            dst = &mut dst[n..];
         }
         if self.npending == 0 && self.pos == 0 {
-            let mut blocks = data.chunks_exact_mut(64);
-            for chunk in &mut blocks {
-                let plain = Block::<sha1::Sha1Core>::clone_from_slice(chunk);
-                for b in chunk.chunks_exact_mut(16) {
-                    for (x, k) in b.iter_mut().zip(self.iv.iter_mut()) {
-                        *x ^= *k;
-                        *k = *x;
+            let whole = src.len() / 64 * 64;
+            for (plain, out) in src[..whole]
+                .chunks_exact(64)
+                .zip(dst[..whole].chunks_exact_mut(64))
+            {
+                let plain = Block::<sha1::Sha1Core>::from_slice(plain);
+                for (p, c) in plain.chunks_exact(16).zip(out.chunks_exact_mut(16)) {
+                    for ((x, c), k) in p.iter().zip(c.iter_mut()).zip(self.iv.iter_mut()) {
+                        *c = *x ^ *k;
+                        *k = *c;
                     }
                     self.cipher.encrypt_block(&mut self.iv);
                 }
-                sha1::compress(&mut self.sha, std::slice::from_ref(&plain));
+                sha1::compress(&mut self.sha, std::slice::from_ref(plain));
                 self.hashed += 64;
             }
-            data = blocks.into_remainder();
+            src = &src[whole..];
+            dst = &mut dst[whole..];
         }
-        self.hash(data);
-        self.encrypt(data);
+        self.hash_and_encrypt_bytes(src, dst);
+    }
+
+    fn hash_and_encrypt_bytes(&mut self, src: &[u8], dst: &mut [u8]) {
+        dst.copy_from_slice(src);
+        self.hash(src);
+        self.encrypt(dst);
     }
 
     /// Hashes without encrypting.
@@ -394,7 +405,10 @@ mod tests {
             for split in [1usize, 7, 16, 18, 64, 100, 4096] {
                 let mut e = CfbMdcEncryptor::new(&key).unwrap();
                 let mut got = plain.clone();
-                in_pieces(&mut got, split, (7, 131), |p| e.hash_and_encrypt(p));
+                in_pieces(&mut got, split, (7, 131), |p| {
+                    let src = p.to_vec();
+                    e.hash_and_encrypt_into(&src, p)
+                });
                 assert!(got == want, "len {len} split {split}: ciphertext");
                 assert_eq!(
                     e.digest()[..],
@@ -406,7 +420,7 @@ mod tests {
         // Encrypting without hashing continues the same CFB stream.
         let mut e = CfbMdcEncryptor::new(&key).unwrap();
         let mut got = vec![9u8; 100];
-        e.hash_and_encrypt(&mut got[..30]);
+        e.hash_and_encrypt_into(&[9u8; 30], &mut got[..30]);
         e.encrypt(&mut got[30..]);
         let mut want = vec![9u8; 100];
         BufEncryptor::<Aes256>::new_from_slices(&key, &[0u8; 16])

@@ -158,7 +158,18 @@ impl EncryptionSpec {
         &self,
         out: W,
     ) -> Result<MessageWriter<W>, CryptoError> {
-        MessageWriter::new(self, out)
+        MessageWriter::new(self, writer::FramerOut::Here(out))
+    }
+
+    /// Like [`Self::writer`], but `out` is written on a thread of its own, named `name`
+    /// (for the upload and its hashing, beside the serial encryption). Each encrypted part
+    /// is handed to that thread as it is, not copied.
+    pub fn writer_behind<W: std::io::Write + Send + 'static>(
+        &self,
+        out: W,
+        name: &'static str,
+    ) -> Result<MessageWriter<W>, CryptoError> {
+        MessageWriter::new(self, writer::FramerOut::behind(out, name)?)
     }
 
     /// Checks keys and settings without writing anything.

@@ -76,7 +76,7 @@ struct Signer {
 }
 
 impl<W: Write + Send + 'static> MessageWriter<W> {
-    pub(crate) fn new(spec: &EncryptionSpec, mut out: W) -> Result<Self, CryptoError> {
+    pub(crate) fn new(spec: &EncryptionSpec, mut out: FramerOut<W>) -> Result<Self, CryptoError> {
         let level = spec.compression.level();
         if let Some(l) = level
             && l > 9
@@ -148,22 +148,22 @@ impl<W: Write + Send + 'static> MessageWriter<W> {
                 skesk.to_writer_with_header(&mut head).map_err(pgp)?;
             }
             out.write_all(&head)?;
-            Some(SeipdState {
-                cfb: CfbMdcEncryptor::new(&key)?,
+            let mut part = vec![0u8; PART_ROOM + PART];
+            // SEIPD version 1 (not encrypted).
+            part[PART_ROOM] = 1;
+            Mode::Seipd {
+                cfb: Box::new(CfbMdcEncryptor::new(&key)?),
                 started: false,
-            })
+                part,
+                fill: PART_ROOM + 1,
+            }
         } else {
-            None
+            Mode::Plain(Vec::with_capacity(PLAIN_BUF))
         };
 
-        let mut framer = Framer {
-            out,
-            buf: Vec::with_capacity(if seipd.is_some() { PART } else { PLAIN_BUF }),
-            seipd,
-        };
-        if framer.seipd.is_some() {
-            // SEIPD version 1, then the random prefix with its two quick-check bytes.
-            framer.buf.push(1);
+        let mut framer = Framer { out, mode: seipd };
+        if matches!(framer.mode, Mode::Seipd { .. }) {
+            // The random prefix with its two quick-check bytes.
             let mut prefix = [0u8; 18];
             rng.fill_bytes(&mut prefix[..16]);
             prefix[16] = prefix[14];
@@ -374,7 +374,7 @@ impl<W: Write + Send + 'static> Write for MessageWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.inner {
             Some(inner) => match &mut inner.framer.here {
-                Some(framer) => framer.out.flush(),
+                Some(framer) => Ok(framer.out.flush()?),
                 None => Ok(()),
             },
             None => Err(CryptoError::WriterFailed.into_io()),
@@ -452,9 +452,9 @@ impl<W: Write + Send + 'static> Sink for Output<W> {
 }
 
 /// A [`Framer`] as the `io::Write` a [`WriteBehind`] runs on its thread.
-struct FramerWrite<W: Write>(Framer<W>);
+struct FramerWrite<W: Write + Send + 'static>(Framer<W>);
 
-impl<W: Write> Write for FramerWrite<W> {
+impl<W: Write + Send + 'static> Write for FramerWrite<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.put(buf).map_err(CryptoError::into_io)?;
         Ok(buf.len())
@@ -464,33 +464,121 @@ impl<W: Write> Write for FramerWrite<W> {
     }
 }
 
-struct SeipdState {
-    /// AES-256-CFB and the MDC's SHA-1.
-    cfb: CfbMdcEncryptor,
-    /// The packet tag and the first partial length have been written.
-    started: bool,
+/// Room before each SEIPD part for its header (the packet tag and a 5-octet length), so
+/// that a part goes out as one buffer.
+const PART_ROOM: usize = 6;
+/// Parts queued for a [`FramerOut::Behind`] thread.
+const BEHIND_DEPTH: usize = 2;
+
+/// Where a message's bytes go: to `W` on the framer's thread, or to `W` on a thread of
+/// its own, which is handed each part's buffer instead of a copy.
+pub(crate) enum FramerOut<W: Write + Send + 'static> {
+    Here(W),
+    Behind(WriteBehind<W>),
+}
+
+impl<W: Write + Send + 'static> FramerOut<W> {
+    pub(crate) fn behind(out: W, name: &'static str) -> Result<Self, CryptoError> {
+        Ok(FramerOut::Behind(WriteBehind::spawn(
+            out,
+            name,
+            PART,
+            BEHIND_DEPTH,
+        )?))
+    }
+
+    /// Writes `buf[start..]` and returns a buffer to fill next.
+    fn send(&mut self, buf: Vec<u8>, start: usize) -> io::Result<Vec<u8>> {
+        match self {
+            FramerOut::Here(w) => {
+                w.write_all(&buf[start..])?;
+                Ok(buf)
+            }
+            FramerOut::Behind(b) => b.send_owned(buf, start),
+        }
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            FramerOut::Here(mut w) => {
+                w.flush()?;
+                Ok(w)
+            }
+            FramerOut::Behind(b) => {
+                let mut w = b.finish()?;
+                w.flush()?;
+                Ok(w)
+            }
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Write for FramerOut<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            FramerOut::Here(w) => w.write(buf),
+            FramerOut::Behind(b) => b.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            FramerOut::Here(w) => w.flush(),
+            FramerOut::Behind(b) => b.flush(),
+        }
+    }
+}
+
+enum Mode {
+    /// No encryption: an output buffer.
+    Plain(Vec<u8>),
+    /// SEIPD v1 with AES-256-CFB and the MDC.
+    Seipd {
+        cfb: Box<CfbMdcEncryptor>,
+        /// The packet tag and the first partial length have been written.
+        started: bool,
+        /// `PART_ROOM + PART` bytes: room for the header, then the current part, encrypted
+        /// (the first part starts with the version byte), up to `fill`.
+        part: Vec<u8>,
+        fill: usize,
+    },
 }
 
 /// Last stage: SEIPD v1 framing + AES-256-CFB + MDC, or plain buffering.
-struct Framer<W: Write> {
-    out: W,
-    /// SEIPD: the current part (already encrypted, starts with the version byte for the first
-    /// part). Plain: output buffer.
-    buf: Vec<u8>,
-    seipd: Option<SeipdState>,
+struct Framer<W: Write + Send + 'static> {
+    out: FramerOut<W>,
+    mode: Mode,
 }
 
-impl<W: Write> Framer<W> {
-    fn flush_part(&mut self) -> Result<(), CryptoError> {
-        let st = self.seipd.as_mut().expect("seipd");
-        if !st.started {
-            self.out.write_all(&[TAG_SEIPD_NEW, 0xE0 | PART_LOG2])?;
-            st.started = true;
+impl<W: Write + Send + 'static> Framer<W> {
+    /// Sends the current part with `header` (the tag if not yet sent, then the length)
+    /// in the room before it, and starts the next part.
+    fn send_part(&mut self, header: &[u8]) -> Result<(), CryptoError> {
+        let Mode::Seipd {
+            started,
+            part,
+            fill,
+            ..
+        } = &mut self.mode
+        else {
+            unreachable!("parts are only sent when encrypting");
+        };
+        let tag = if *started {
+            &[][..]
         } else {
-            self.out.write_all(&[0xE0 | PART_LOG2])?;
+            &[TAG_SEIPD_NEW][..]
+        };
+        let start = PART_ROOM - tag.len() - header.len();
+        part[start..start + tag.len()].copy_from_slice(tag);
+        part[start + tag.len()..PART_ROOM].copy_from_slice(header);
+        *started = true;
+        let mut full = std::mem::take(part);
+        full.truncate(*fill);
+        let mut next = self.out.send(full, start)?;
+        if next.len() < PART_ROOM + PART {
+            next.resize(PART_ROOM + PART, 0);
         }
-        self.out.write_all(&self.buf)?;
-        self.buf.clear();
+        *part = next;
+        *fill = PART_ROOM;
         Ok(())
     }
 
@@ -498,64 +586,73 @@ impl<W: Write> Framer<W> {
     /// but the MDC's own hash value).
     fn put_encrypted(&mut self, mut data: &[u8], hash: bool) -> Result<(), CryptoError> {
         while !data.is_empty() {
-            if self.buf.len() == PART {
+            let Mode::Seipd { fill, .. } = &self.mode else {
+                unreachable!("encrypting");
+            };
+            if *fill == PART_ROOM + PART {
                 // More data follows: this part is not the last one.
-                self.flush_part()?;
+                self.send_part(&[0xE0 | PART_LOG2])?;
             }
-            let n = (PART - self.buf.len()).min(data.len());
-            let start = self.buf.len();
-            self.buf.extend_from_slice(&data[..n]);
-            let st = self.seipd.as_mut().expect("seipd");
+            let Mode::Seipd {
+                cfb, part, fill, ..
+            } = &mut self.mode
+            else {
+                unreachable!("encrypting");
+            };
+            let n = (PART_ROOM + PART - *fill).min(data.len());
+            let dst = &mut part[*fill..*fill + n];
             if hash {
-                st.cfb.hash_and_encrypt(&mut self.buf[start..]);
+                cfb.hash_and_encrypt_into(&data[..n], dst);
             } else {
-                st.cfb.encrypt(&mut self.buf[start..]);
+                dst.copy_from_slice(&data[..n]);
+                cfb.encrypt(dst);
             }
+            *fill += n;
             data = &data[n..];
         }
         Ok(())
     }
 
     fn finish(mut self) -> Result<W, CryptoError> {
-        match self.seipd.as_mut() {
-            None => {
-                self.out.write_all(&self.buf)?;
+        match &mut self.mode {
+            Mode::Plain(buf) => {
+                self.out.write_all(buf)?;
             }
-            Some(_) => {
+            Mode::Seipd { .. } => {
                 // The MDC packet: its tag and length are hashed, its hash value is not.
                 self.put_encrypted(&[0xD3, 0x14], true)?;
-                let hash = self.seipd.as_mut().expect("seipd").cfb.digest();
+                let Mode::Seipd { cfb, .. } = &mut self.mode else {
+                    unreachable!("encrypting");
+                };
+                let hash = cfb.digest();
                 self.put_encrypted(&hash, false)?;
-                let st = self.seipd.as_mut().expect("seipd");
-                let mut hdr = Vec::with_capacity(6);
-                if !st.started {
-                    hdr.push(TAG_SEIPD_NEW);
-                }
-                push_len(&mut hdr, self.buf.len());
-                self.out.write_all(&hdr)?;
-                self.out.write_all(&self.buf)?;
+                // The last part, with a definite length (never empty: it ends with the hash).
+                let Mode::Seipd { fill, .. } = &self.mode else {
+                    unreachable!("encrypting");
+                };
+                let mut header = Vec::with_capacity(5);
+                push_len(&mut header, *fill - PART_ROOM);
+                self.send_part(&header)?;
             }
         }
-        self.buf = Vec::new();
-        self.out.flush()?;
-        Ok(self.out)
+        Ok(self.out.finish()?)
     }
 }
 
-impl<W: Write> Sink for Framer<W> {
+impl<W: Write + Send + 'static> Sink for Framer<W> {
     fn put(&mut self, data: &[u8]) -> Result<(), CryptoError> {
-        match &mut self.seipd {
-            Some(_) => self.put_encrypted(data, true),
-            None => {
-                if self.buf.len() + data.len() > PLAIN_BUF {
-                    self.out.write_all(&self.buf)?;
-                    self.buf.clear();
+        match &mut self.mode {
+            Mode::Seipd { .. } => self.put_encrypted(data, true),
+            Mode::Plain(buf) => {
+                if buf.len() + data.len() > PLAIN_BUF {
+                    self.out.write_all(buf)?;
+                    buf.clear();
                     if data.len() >= PLAIN_BUF / 2 {
                         self.out.write_all(data)?;
                         return Ok(());
                     }
                 }
-                self.buf.extend_from_slice(data);
+                buf.extend_from_slice(data);
                 Ok(())
             }
         }
