@@ -148,14 +148,14 @@ impl<W: Write + Send + 'static> MessageWriter<W> {
                 skesk.to_writer_with_header(&mut head).map_err(pgp)?;
             }
             out.write_all(&head)?;
-            let mut part = vec![0u8; PART_ROOM + PART];
+            let mut part = Part::new(Vec::new(), head.len() as u64, 2);
             // SEIPD version 1 (not encrypted).
-            part[PART_ROOM] = 1;
+            part.put_plain(&[1]);
             Mode::Seipd {
                 cfb: Box::new(CfbMdcEncryptor::new(&key)?),
                 started: false,
                 part,
-                fill: PART_ROOM + 1,
+                out_pos: head.len() as u64,
             }
         } else {
             Mode::Plain(Vec::with_capacity(PLAIN_BUF))
@@ -466,7 +466,76 @@ impl<W: Write + Send + 'static> Write for FramerWrite<W> {
 
 /// Room before each SEIPD part for its header (the packet tag and a 5-octet length), so
 /// that a part goes out as one buffer.
-const PART_ROOM: usize = 6;
+const HEADER_ROOM: usize = 6;
+/// A memory page: see [`Part::new`].
+const PAGE: usize = 4096;
+
+/// One SEIPD part being filled, `buf[begin..fill]`, with room before it for its header.
+struct Part {
+    buf: Vec<u8>,
+    begin: usize,
+    fill: usize,
+}
+
+impl Part {
+    const LEN: usize = HEADER_ROOM + PAGE + PART;
+
+    /// Lays out `buf` (reused; enlarged when short) for a part that will be sent with a
+    /// header of `header_len` bytes and land at offset `out_pos` of the output. What is sent
+    /// starts at the same offset within a memory page as it will have in the file: the
+    /// kernel copies a write into the page cache two to ten times slower when the source
+    /// is a few bytes behind the destination in their pages (stores and loads seem to
+    /// alias), and in backups that copy had been up to a fifth of the CPU time.
+    fn new(mut buf: Vec<u8>, out_pos: u64, header_len: usize) -> Part {
+        if buf.len() < Self::LEN {
+            buf.resize(Self::LEN, 0);
+        }
+        let addr = buf.as_ptr() as usize;
+        // begin - header_len ≡ out_pos - addr (mod PAGE)
+        let mut begin = (out_pos as usize)
+            .wrapping_sub(addr)
+            .wrapping_add(header_len)
+            % PAGE;
+        if begin < HEADER_ROOM {
+            begin += PAGE;
+        }
+        Part {
+            buf,
+            begin,
+            fill: begin,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.fill == self.begin + PART
+    }
+
+    /// The next `n` bytes of room (at most what is left of the part).
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        let n = n.min(self.begin + PART - self.fill);
+        &mut self.buf[self.fill..self.fill + n]
+    }
+
+    fn put_plain(&mut self, data: &[u8]) {
+        self.room(data.len()).copy_from_slice(data);
+        self.fill += data.len();
+    }
+
+    fn len(&self) -> usize {
+        self.fill - self.begin
+    }
+
+    /// Puts `tag` and `header` before the part and returns the buffer and where what is to
+    /// be sent starts.
+    fn framed(mut self, tag: &[u8], header: &[u8]) -> (Vec<u8>, usize) {
+        let start = self.begin - tag.len() - header.len();
+        self.buf[start..start + tag.len()].copy_from_slice(tag);
+        self.buf[start + tag.len()..self.begin].copy_from_slice(header);
+        self.buf.truncate(self.fill);
+        (self.buf, start)
+    }
+}
+
 /// Parts queued for a [`FramerOut::Behind`] thread.
 const BEHIND_DEPTH: usize = 2;
 
@@ -536,10 +605,10 @@ enum Mode {
         cfb: Box<CfbMdcEncryptor>,
         /// The packet tag and the first partial length have been written.
         started: bool,
-        /// `PART_ROOM + PART` bytes: room for the header, then the current part, encrypted
-        /// (the first part starts with the version byte), up to `fill`.
-        part: Vec<u8>,
-        fill: usize,
+        /// The current part, encrypted (the first part starts with the version byte).
+        part: Part,
+        /// Bytes sent so far.
+        out_pos: u64,
     },
 }
 
@@ -556,7 +625,7 @@ impl<W: Write + Send + 'static> Framer<W> {
         let Mode::Seipd {
             started,
             part,
-            fill,
+            out_pos,
             ..
         } = &mut self.mode
         else {
@@ -567,18 +636,20 @@ impl<W: Write + Send + 'static> Framer<W> {
         } else {
             &[TAG_SEIPD_NEW][..]
         };
-        let start = PART_ROOM - tag.len() - header.len();
-        part[start..start + tag.len()].copy_from_slice(tag);
-        part[start + tag.len()..PART_ROOM].copy_from_slice(header);
         *started = true;
-        let mut full = std::mem::take(part);
-        full.truncate(*fill);
-        let mut next = self.out.send(full, start)?;
-        if next.len() < PART_ROOM + PART {
-            next.resize(PART_ROOM + PART, 0);
-        }
-        *part = next;
-        *fill = PART_ROOM;
+        let full = std::mem::replace(
+            part,
+            Part {
+                buf: Vec::new(),
+                begin: 0,
+                fill: 0,
+            },
+        );
+        let (buf, start) = full.framed(tag, header);
+        *out_pos += (buf.len() - start) as u64;
+        let next = self.out.send(buf, start)?;
+        // Further parts are sent with a one-byte partial length.
+        *part = Part::new(next, *out_pos, 1);
         Ok(())
     }
 
@@ -586,28 +657,25 @@ impl<W: Write + Send + 'static> Framer<W> {
     /// but the MDC's own hash value).
     fn put_encrypted(&mut self, mut data: &[u8], hash: bool) -> Result<(), CryptoError> {
         while !data.is_empty() {
-            let Mode::Seipd { fill, .. } = &self.mode else {
+            let Mode::Seipd { part, .. } = &self.mode else {
                 unreachable!("encrypting");
             };
-            if *fill == PART_ROOM + PART {
+            if part.is_full() {
                 // More data follows: this part is not the last one.
                 self.send_part(&[0xE0 | PART_LOG2])?;
             }
-            let Mode::Seipd {
-                cfb, part, fill, ..
-            } = &mut self.mode
-            else {
+            let Mode::Seipd { cfb, part, .. } = &mut self.mode else {
                 unreachable!("encrypting");
             };
-            let n = (PART_ROOM + PART - *fill).min(data.len());
-            let dst = &mut part[*fill..*fill + n];
+            let dst = part.room(data.len());
+            let n = dst.len();
             if hash {
                 cfb.hash_and_encrypt_into(&data[..n], dst);
             } else {
                 dst.copy_from_slice(&data[..n]);
                 cfb.encrypt(dst);
             }
-            *fill += n;
+            part.fill += n;
             data = &data[n..];
         }
         Ok(())
@@ -627,11 +695,11 @@ impl<W: Write + Send + 'static> Framer<W> {
                 let hash = cfb.digest();
                 self.put_encrypted(&hash, false)?;
                 // The last part, with a definite length (never empty: it ends with the hash).
-                let Mode::Seipd { fill, .. } = &self.mode else {
+                let Mode::Seipd { part, .. } = &self.mode else {
                     unreachable!("encrypting");
                 };
                 let mut header = Vec::with_capacity(5);
-                push_len(&mut header, *fill - PART_ROOM);
+                push_len(&mut header, part.len());
                 self.send_part(&header)?;
             }
         }
@@ -662,6 +730,48 @@ impl<W: Write + Send + 'static> Sink for Framer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each whole part is written from an address at the offset within its page that it
+    /// lands at in the output (see [`Part::new`]).
+    #[test]
+    fn parts_are_written_from_their_offset_in_a_page() {
+        #[derive(Default)]
+        struct Recorder {
+            pos: u64,
+            parts: usize,
+            misplaced: Vec<(usize, u64)>,
+        }
+        impl Write for Recorder {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                if b.len() > PART {
+                    self.parts += 1;
+                    let at = b.as_ptr() as usize % PAGE;
+                    if at as u64 != self.pos % PAGE as u64 {
+                        self.misplaced.push((at, self.pos));
+                    }
+                }
+                self.pos += b.len() as u64;
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let spec = EncryptionSpec {
+            passphrase: Some(crate::crypto::Passphrase::from("pw")),
+            compression: crate::crypto::Compression::None,
+            compression_threads: 1,
+            ..Default::default()
+        };
+        let mut w = spec.writer(Recorder::default()).unwrap();
+        let data = vec![7u8; 5 * PART + 123];
+        for piece in data.chunks(100_000) {
+            w.write_all(piece).unwrap();
+        }
+        let out = w.finish().unwrap();
+        assert_eq!(out.parts, 5);
+        assert!(out.misplaced.is_empty(), "{:?}", out.misplaced);
+    }
 
     #[test]
     fn new_format_lengths() {
