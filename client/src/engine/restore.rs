@@ -1065,18 +1065,23 @@ impl StagingSink {
             Content::Stream(r) => {
                 let read_err = |e| EngineError::from_object_io(&index.display(), e);
                 // Pieces of whole signature blocks, so that each can be checked apart.
-                let piece_len = check.as_ref().map_or(SMALL_FILE, |c| c.piece_len()) as u64;
-                let mut head = self.writers.buffer();
-                r.take(piece_len).read_to_end(&mut head).map_err(read_err)?;
-                if (head.len() as u64) < piece_len {
+                let piece_len = check.as_ref().map_or(SMALL_FILE, |c| c.piece_len());
+                // Buffers keep their length between uses: read_to_end would zero them first.
+                let mut head = self.writers.buffer(piece_len);
+                let n = tarfmt::read_full(r, &mut head[..piece_len]).map_err(read_err)?;
+                if n < piece_len {
+                    // Most files: an exact copy is queued and the buffer kept.
+                    let data = head[..n].to_vec();
+                    self.writers.keep(head);
                     let meta = self.final_meta(meta);
                     return self.writers.submit(Job::File {
                         path,
-                        data: head,
+                        data,
                         meta,
                         check,
                     });
                 }
+                head.truncate(piece_len);
                 // A large file: created here, its pieces written by the writers at
                 // their offsets (copying into the page cache is most of a restore's
                 // CPU time; this way both cores do it).
@@ -1093,13 +1098,13 @@ impl StagingSink {
                         check: check.clone(),
                     })?;
                     offset += n;
-                    piece = self.writers.buffer();
-                    r.take(piece_len)
-                        .read_to_end(&mut piece)
-                        .map_err(read_err)?;
-                    if piece.is_empty() {
+                    piece = self.writers.buffer(piece_len);
+                    let n = tarfmt::read_full(r, &mut piece[..piece_len]).map_err(read_err)?;
+                    if n == 0 {
+                        self.writers.keep(piece);
                         break;
                     }
+                    piece.truncate(n);
                 }
                 if let Some(check) = &check {
                     self.writers.check_file_size(check, offset);

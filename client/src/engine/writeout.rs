@@ -246,11 +246,25 @@ impl Writers {
     }
 
     /// An empty buffer for a small file's content (recycled when possible).
-    pub(crate) fn buffer(&mut self) -> Vec<u8> {
-        self.spare
+    /// A buffer of at least `len` bytes, of earlier contents: reused buffers keep their
+    /// length, so that only what a buffer grows by is zeroed.
+    pub(crate) fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self
+            .spare
             .pop()
             .or_else(|| self.recycled.try_recv().ok())
-            .unwrap_or_else(|| Vec::with_capacity(SMALL_FILE))
+            .unwrap_or_else(|| Vec::with_capacity(SMALL_FILE.max(len)));
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
+    /// Takes back a buffer from [`Self::buffer`] that was not queued.
+    pub(crate) fn keep(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < RECYCLED {
+            self.spare.push(buf);
+        }
     }
 
     /// Queues a job (blocks while the queue is full). A writer's earlier failure is
@@ -262,11 +276,8 @@ impl Writers {
             // Most files are far smaller than their buffer: queue an exact copy (a batch
             // then holds what it counts) and keep the buffer for the next file.
             let exact = data.to_vec();
-            let mut buffer = std::mem::replace(data, exact);
-            if self.spare.len() < RECYCLED {
-                buffer.clear();
-                self.spare.push(buffer);
-            }
+            let buffer = std::mem::replace(data, exact);
+            self.keep(buffer);
         }
         self.pending_bytes += job.content_len();
         self.pending.push((self.submitted, job));
@@ -473,9 +484,8 @@ fn run(job: Job, shared: &Shared, recycle: &SyncSender<Vec<u8>>) -> Result<()> {
 }
 
 /// Returns a [`SMALL_FILE`] buffer for reuse (exact-size copies are just freed).
-fn recycle_buffer(mut data: Vec<u8>, recycle: &SyncSender<Vec<u8>>) {
+fn recycle_buffer(data: Vec<u8>, recycle: &SyncSender<Vec<u8>>) {
     if data.capacity() >= SMALL_FILE {
-        data.clear();
         let _ = recycle.try_send(data);
     }
 }
