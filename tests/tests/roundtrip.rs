@@ -440,7 +440,8 @@ fn tar_member_offset(tar: &[u8], name: &str) -> Option<usize> {
 /// apart from the volumes): a clean restore says "Verified" with every file hashed; when
 /// a signature disagrees with the data (here: the cached signature files, which the check
 /// reads first, altered) the files are named and the restore exits 1. Covers a small file,
-/// a large file written in pieces and a file rebuilt from a delta.
+/// a large file written in pieces and a file rebuilt from a delta (larger than the ranges
+/// the writers check such files in, altered in its last block).
 #[test]
 fn restore_checks_the_data_it_writes_against_the_signatures() {
     let env = AgentEnv::new();
@@ -448,7 +449,7 @@ fn restore_checks_the_data_it_writes_against_the_signatures() {
     let t = TreeBuilder::new(&src);
     t.file("small.txt", deterministic_text(1, 5000));
     t.file("big.bin", deterministic_bytes(2, 3_000_000));
-    t.file("grows.log", deterministic_text(3, 400_000));
+    t.file("grows.log", deterministic_text(3, 9_000_000));
     t.file("sub/empty", b"");
     let t1 = T1.to_string();
     let t2 = T2.to_string();
@@ -479,8 +480,9 @@ fn restore_checks_the_data_it_writes_against_the_signatures() {
         "{check}"
     );
 
-    // Alter one weak sum in the cached signatures of three files: small.txt and
-    // big.bin's last block in the full set's, grows.log's (a delta) in the incremental's.
+    // Alter one weak sum in the cached signatures of three files: small.txt's first and
+    // big.bin's last block in the full set's, grows.log's (a delta) last in the
+    // incremental's.
     let mut altered = 0;
     for entry in files_under(&env.state) {
         let name = entry.file_name().unwrap().to_string_lossy().into_owned();
@@ -489,19 +491,22 @@ fn restore_checks_the_data_it_writes_against_the_signatures() {
         }
         let mut tar = std::fs::read(&entry).unwrap();
         let full = name.contains("full-signatures");
-        let targets: &[(&str, bool)] = if full {
-            &[("signature/small.txt", false), ("signature/big.bin", true)]
+        // (member, Some(file size): its last block, None: its first)
+        let targets: &[(&str, Option<usize>)] = if full {
+            &[
+                ("signature/small.txt", None),
+                ("signature/big.bin", Some(3_000_000)),
+            ]
         } else {
-            &[("signature/grows.log", false)]
+            &[("signature/grows.log", Some(log.len()))]
         };
-        for &(member, last_block) in targets {
+        for &(member, size) in targets {
             let at =
                 tar_member_offset(&tar, member).unwrap_or_else(|| panic!("{member} in {name}"));
-            let block = if last_block {
-                3_000_000usize.div_ceil(1536) - 1
-            } else {
-                0
-            };
+            // librsync signature: magic, block length, strong sum length; then per block
+            // a 4-byte weak sum and an 8-byte strong sum.
+            let block_len = u32::from_be_bytes(tar[at + 4..at + 8].try_into().unwrap()) as usize;
+            let block = size.map_or(0, |size| size.div_ceil(block_len) - 1);
             tar[at + 12 + block * 12] ^= 0x55;
             altered += 1;
         }

@@ -715,6 +715,9 @@ impl<R: Read> Read for CountingReader<'_, R> {
     }
 }
 
+/// Bytes of a file written from a delta that one writer checks at a time.
+const CHECK_RANGE: usize = 8 << 20;
+
 static SCRATCH_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn scratch_path(dir: &Path) -> PathBuf {
@@ -1055,12 +1058,31 @@ impl StagingSink {
                 };
                 std::fs::rename(&scratch, &path).map_err(io_err)?;
                 self.apply_meta(&path, meta).map_err(io_err)?;
-                match (opened, check) {
-                    (Some(file), Some(check)) => {
-                        self.writers.submit(Job::Check { file, path, check })
-                    }
-                    _ => Ok(()),
+                let (Some(file), Some(check)) = (opened, check) else {
+                    return Ok(());
+                };
+                // In ranges of whole pieces, which the writer threads check side by side.
+                let size = file
+                    .metadata()
+                    .map_err(|e| EngineError::io(&path, e))?
+                    .len();
+                self.writers.check_file_size(&check, size);
+                let range =
+                    (CHECK_RANGE / check.piece_len()).max(1) as u64 * check.piece_len() as u64;
+                let file = Arc::new(file);
+                let mut offset = 0;
+                while offset < size {
+                    let len = range.min(size - offset);
+                    self.writers.submit(Job::Check {
+                        file: Arc::clone(&file),
+                        path: path.clone(),
+                        check: Arc::clone(&check),
+                        offset,
+                        len,
+                    })?;
+                    offset += len;
                 }
+                Ok(())
             }
             Content::Stream(r) => {
                 let read_err = |e| EngineError::from_object_io(&index.display(), e);

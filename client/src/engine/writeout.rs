@@ -23,7 +23,6 @@
 use super::error::{EngineError, Result};
 use flotilla_common::archive::Index;
 use flotilla_common::archive::rsync::{block_count_matches, checkable_block_len, piece_matches};
-use flotilla_common::archive::tarfmt::read_full;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -129,11 +128,14 @@ pub(crate) enum Job {
         data: Vec<u8>,
         check: Option<Arc<Expected>>,
     },
-    /// Check a file written some other way (a delta's result renamed into place).
+    /// Check `len` bytes from `offset` of a file written some other way (a delta's result
+    /// renamed into place); a large file is checked in several such jobs, side by side.
     Check {
-        file: File,
+        file: Arc<File>,
         path: PathBuf,
         check: Arc<Expected>,
+        offset: u64,
+        len: u64,
     },
 }
 
@@ -211,7 +213,8 @@ impl Job {
         match self {
             Job::File { data, .. } | Job::WriteAt { data, .. } => data.len(),
             Job::Symlink { target, .. } => target.len(),
-            Job::Check { .. } => 0,
+            // So that each range is a batch of its own, for another writer to take.
+            Job::Check { len, .. } => *len as usize,
         }
     }
 }
@@ -449,21 +452,22 @@ fn run(job: Job, shared: &Shared, recycle: &SyncSender<Vec<u8>>) -> Result<()> {
             Ok(())
         }
         Job::Check {
-            mut file,
+            file,
             path,
             check,
+            offset,
+            len,
         } => {
+            use std::os::unix::fs::FileExt;
             let mut buf = vec![0u8; check.piece_len()];
-            let mut offset = 0u64;
-            loop {
-                let n = read_full(&mut file, &mut buf).map_err(|e| EngineError::io(&path, e))?;
-                if n == 0 {
-                    break;
-                }
-                shared.check_piece(&check, offset, &buf[..n]);
-                offset += n as u64;
+            let (mut pos, end) = (offset, offset + len);
+            while pos < end {
+                let n = (end - pos).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], pos)
+                    .map_err(|e| EngineError::io(&path, e))?;
+                shared.check_piece(&check, pos, &buf[..n]);
+                pos += n as u64;
             }
-            shared.check_size(&check, offset);
             Ok(())
         }
         Job::Symlink {
