@@ -520,20 +520,9 @@ fn writer_is_usable_as_io_write_and_reports_errors() {
     assert!(decrypt(&pw_keys("correct horse"), &msg).unwrap() == data);
 
     // An output error poisons the writer.
-    struct Failing(usize);
-    impl Write for Failing {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            if self.0 < b.len() {
-                return Err(std::io::Error::other("disk full"));
-            }
-            self.0 -= b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut w = sym(Compression::None, 1).writer(Failing(1 << 21)).unwrap();
+    let mut w = sym(Compression::None, 1)
+        .writer(FailingAfter(1 << 21, "disk full"))
+        .unwrap();
     let mut failed = false;
     for _ in 0..10 {
         if w.write_all(&data[..MIB]).is_err() {
@@ -580,21 +569,10 @@ fn writer_behind_hands_over_whole_parts() {
         assert!(decrypt(&pw_keys("correct horse"), &msg).unwrap() == data);
     }
 
-    struct Failing(usize);
-    impl Write for Failing {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            if self.0 < b.len() {
-                return Err(std::io::Error::other("disk full"));
-            }
-            self.0 -= b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let data = random_bytes(8 * MIB, 9);
-    let mut w = spec.writer_behind(Failing(3 * MIB), "test-upload").unwrap();
+    let mut w = spec
+        .writer_behind(FailingAfter(3 * MIB, "disk full"), "test-upload")
+        .unwrap();
     let written = w.write_all(&data);
     let err = match written {
         Err(e) => e.to_string(),

@@ -70,20 +70,7 @@ fn worker_threads_are_bounded_and_always_joined() {
     assert_eq!(settled(encrypters, 0), 0);
 
     // Output fails mid-way: the write errors, the drop does not hang.
-    struct Failing(usize);
-    impl Write for Failing {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            if self.0 < b.len() {
-                return Err(std::io::Error::other("broken pipe"));
-            }
-            self.0 -= b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut w = spec.writer(Failing(1 << 20)).unwrap();
+    let mut w = spec.writer(FailingAfter(1 << 20, "broken pipe")).unwrap();
     let mut failed = false;
     for _ in 0..20 {
         if w.write_all(&data).is_err() {

@@ -272,16 +272,7 @@ impl Writers {
 
     /// Queues a job (blocks while the queue is full). A writer's earlier failure is
     /// returned here.
-    pub(crate) fn submit(&mut self, mut job: Job) -> Result<()> {
-        if let Job::File { data, .. } = &mut job
-            && data.capacity() > 2 * data.len() + 4096
-        {
-            // Most files are far smaller than their buffer: queue an exact copy (a batch
-            // then holds what it counts) and keep the buffer for the next file.
-            let exact = data.to_vec();
-            let buffer = std::mem::replace(data, exact);
-            self.keep(buffer);
-        }
+    pub(crate) fn submit(&mut self, job: Job) -> Result<()> {
         self.pending_bytes += job.content_len();
         self.pending.push((self.submitted, job));
         self.submitted += 1;

@@ -151,18 +151,18 @@ impl<W: Write + Send + 'static> MessageWriter<W> {
             let mut part = Part::new(Vec::new(), head.len() as u64, 2);
             // SEIPD version 1 (not encrypted).
             part.put_plain(&[1]);
-            Mode::Seipd {
-                cfb: Box::new(CfbMdcEncryptor::new(&key)?),
+            Mode::Seipd(Box::new(Seipd {
+                cfb: CfbMdcEncryptor::new(&key)?,
                 started: false,
                 part,
                 out_pos: head.len() as u64,
-            }
+            }))
         } else {
             Mode::Plain(Vec::with_capacity(PLAIN_BUF))
         };
 
         let mut framer = Framer { out, mode: seipd };
-        if matches!(framer.mode, Mode::Seipd { .. }) {
+        if matches!(framer.mode, Mode::Seipd(_)) {
             // The random prefix with its two quick-check bytes.
             let mut prefix = [0u8; 18];
             rng.fill_bytes(&mut prefix[..16]);
@@ -601,15 +601,90 @@ enum Mode {
     /// No encryption: an output buffer.
     Plain(Vec<u8>),
     /// SEIPD v1 with AES-256-CFB and the MDC.
-    Seipd {
-        cfb: Box<CfbMdcEncryptor>,
-        /// The packet tag and the first partial length have been written.
-        started: bool,
-        /// The current part, encrypted (the first part starts with the version byte).
-        part: Part,
-        /// Bytes sent so far.
-        out_pos: u64,
-    },
+    Seipd(Box<Seipd>),
+}
+
+struct Seipd {
+    cfb: CfbMdcEncryptor,
+    /// The packet tag and the first partial length have been written.
+    started: bool,
+    /// The current part, encrypted (the first part starts with the version byte).
+    part: Part,
+    /// Bytes sent so far.
+    out_pos: u64,
+}
+
+impl Seipd {
+    /// Sends the current part with `header` (the tag if not yet sent, then the length)
+    /// in the room before it, and starts the next part.
+    fn send_part<W: Write + Send + 'static>(
+        &mut self,
+        out: &mut FramerOut<W>,
+        header: &[u8],
+    ) -> Result<(), CryptoError> {
+        let tag = if self.started {
+            &[][..]
+        } else {
+            &[TAG_SEIPD_NEW][..]
+        };
+        self.started = true;
+        let full = std::mem::replace(
+            &mut self.part,
+            Part {
+                buf: Vec::new(),
+                begin: 0,
+                fill: 0,
+            },
+        );
+        let (buf, start) = full.framed(tag, header);
+        self.out_pos += (buf.len() - start) as u64;
+        let next = out.send(buf, start)?;
+        // Further parts are sent with a one-byte partial length.
+        self.part = Part::new(next, self.out_pos, 1);
+        Ok(())
+    }
+
+    /// Encrypts and appends, hashing the plaintext into the MDC with `hash` (everything
+    /// but the MDC's own hash value).
+    fn put<W: Write + Send + 'static>(
+        &mut self,
+        out: &mut FramerOut<W>,
+        mut data: &[u8],
+        hash: bool,
+    ) -> Result<(), CryptoError> {
+        while !data.is_empty() {
+            if self.part.is_full() {
+                // More data follows: this part is not the last one.
+                self.send_part(out, &[0xE0 | PART_LOG2])?;
+            }
+            let dst = self.part.room(data.len());
+            let n = dst.len();
+            if hash {
+                self.cfb.hash_and_encrypt_into(&data[..n], dst);
+            } else {
+                dst.copy_from_slice(&data[..n]);
+                self.cfb.encrypt(dst);
+            }
+            self.part.fill += n;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// The MDC packet and the last part, with a definite length (never empty: it ends
+    /// with the MDC's hash).
+    fn finish<W: Write + Send + 'static>(
+        &mut self,
+        out: &mut FramerOut<W>,
+    ) -> Result<(), CryptoError> {
+        // The MDC packet: its tag and length are hashed, its hash value is not.
+        self.put(out, &[0xD3, 0x14], true)?;
+        let hash = self.cfb.digest();
+        self.put(out, &hash, false)?;
+        let mut header = Vec::with_capacity(5);
+        push_len(&mut header, self.part.len());
+        self.send_part(out, &header)
+    }
 }
 
 /// Last stage: SEIPD v1 framing + AES-256-CFB + MDC, or plain buffering.
@@ -619,89 +694,10 @@ struct Framer<W: Write + Send + 'static> {
 }
 
 impl<W: Write + Send + 'static> Framer<W> {
-    /// Sends the current part with `header` (the tag if not yet sent, then the length)
-    /// in the room before it, and starts the next part.
-    fn send_part(&mut self, header: &[u8]) -> Result<(), CryptoError> {
-        let Mode::Seipd {
-            started,
-            part,
-            out_pos,
-            ..
-        } = &mut self.mode
-        else {
-            unreachable!("parts are only sent when encrypting");
-        };
-        let tag = if *started {
-            &[][..]
-        } else {
-            &[TAG_SEIPD_NEW][..]
-        };
-        *started = true;
-        let full = std::mem::replace(
-            part,
-            Part {
-                buf: Vec::new(),
-                begin: 0,
-                fill: 0,
-            },
-        );
-        let (buf, start) = full.framed(tag, header);
-        *out_pos += (buf.len() - start) as u64;
-        let next = self.out.send(buf, start)?;
-        // Further parts are sent with a one-byte partial length.
-        *part = Part::new(next, *out_pos, 1);
-        Ok(())
-    }
-
-    /// Encrypts and appends, hashing the plaintext into the MDC with `hash` (everything
-    /// but the MDC's own hash value).
-    fn put_encrypted(&mut self, mut data: &[u8], hash: bool) -> Result<(), CryptoError> {
-        while !data.is_empty() {
-            let Mode::Seipd { part, .. } = &self.mode else {
-                unreachable!("encrypting");
-            };
-            if part.is_full() {
-                // More data follows: this part is not the last one.
-                self.send_part(&[0xE0 | PART_LOG2])?;
-            }
-            let Mode::Seipd { cfb, part, .. } = &mut self.mode else {
-                unreachable!("encrypting");
-            };
-            let dst = part.room(data.len());
-            let n = dst.len();
-            if hash {
-                cfb.hash_and_encrypt_into(&data[..n], dst);
-            } else {
-                dst.copy_from_slice(&data[..n]);
-                cfb.encrypt(dst);
-            }
-            part.fill += n;
-            data = &data[n..];
-        }
-        Ok(())
-    }
-
     fn finish(mut self) -> Result<W, CryptoError> {
         match &mut self.mode {
-            Mode::Plain(buf) => {
-                self.out.write_all(buf)?;
-            }
-            Mode::Seipd { .. } => {
-                // The MDC packet: its tag and length are hashed, its hash value is not.
-                self.put_encrypted(&[0xD3, 0x14], true)?;
-                let Mode::Seipd { cfb, .. } = &mut self.mode else {
-                    unreachable!("encrypting");
-                };
-                let hash = cfb.digest();
-                self.put_encrypted(&hash, false)?;
-                // The last part, with a definite length (never empty: it ends with the hash).
-                let Mode::Seipd { part, .. } = &self.mode else {
-                    unreachable!("encrypting");
-                };
-                let mut header = Vec::with_capacity(5);
-                push_len(&mut header, part.len());
-                self.send_part(&header)?;
-            }
+            Mode::Plain(buf) => self.out.write_all(buf)?,
+            Mode::Seipd(seipd) => seipd.finish(&mut self.out)?,
         }
         Ok(self.out.finish()?)
     }
@@ -710,7 +706,7 @@ impl<W: Write + Send + 'static> Framer<W> {
 impl<W: Write + Send + 'static> Sink for Framer<W> {
     fn put(&mut self, data: &[u8]) -> Result<(), CryptoError> {
         match &mut self.mode {
-            Mode::Seipd { .. } => self.put_encrypted(data, true),
+            Mode::Seipd(seipd) => seipd.put(&mut self.out, data, true),
             Mode::Plain(buf) => {
                 if buf.len() + data.len() > PLAIN_BUF {
                     self.out.write_all(buf)?;

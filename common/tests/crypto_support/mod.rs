@@ -102,6 +102,22 @@ pub fn spec(compression: Compression, threads: usize) -> EncryptionSpec {
     }
 }
 
+/// An output that accepts `0` more bytes and then fails every write with `1`.
+pub struct FailingAfter(pub usize, pub &'static str);
+
+impl Write for FailingAfter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        if self.0 < b.len() {
+            return Err(io::Error::other(self.1));
+        }
+        self.0 -= b.len();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Encrypts `data` in pieces of varying size (to exercise the buffering).
 pub fn encrypt(spec: &EncryptionSpec, data: &[u8]) -> Vec<u8> {
     let mut w = spec.writer(Vec::new()).unwrap();
