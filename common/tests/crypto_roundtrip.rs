@@ -339,6 +339,84 @@ fn tampered_ciphertext_fails_integrity_check() {
     }
 }
 
+/// With `message_authenticated_by_source` (the restore, whose volumes' hashes an
+/// authenticated manifest lists) the MDC packet must still be there and framed right, but
+/// its hash over the plaintext is not computed.
+#[test]
+fn message_authenticated_by_source_checks_only_the_mdc_framing() {
+    let data = mixed_bytes(MIB + 77, 23);
+    let msg = encrypt(&sym(Compression::None, 1), &data);
+    let keys = pw_keys("correct horse");
+    let opts = flotilla_common::crypto::DecryptOptions {
+        message_authenticated_by_source: true,
+        ..Default::default()
+    };
+    let read = |m: &[u8]| -> Result<Vec<u8>, CryptoError> {
+        let mut r = flotilla_common::crypto::decrypt_reader_with_options(&keys, opts, m)?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map_err(into_crypto)?;
+        Ok(out)
+    };
+    assert_eq!(read(&msg).unwrap(), data);
+    // A wrong MDC hash (its last byte) is the source's to catch now: the data is intact.
+    let mut hash_flipped = msg.clone();
+    *hash_flipped.last_mut().unwrap() ^= 0x01;
+    assert_eq!(read(&hash_flipped).unwrap(), data);
+    assert!(matches!(
+        decrypt(&keys, &hash_flipped),
+        Err(CryptoError::IntegrityCheckFailed)
+    ));
+    // The MDC packet's tag and length are still checked, and truncation still seen.
+    for pos in [msg.len() - 22, msg.len() - 21] {
+        let mut bad = msg.clone();
+        bad[pos] ^= 0x01;
+        assert!(
+            matches!(read(&bad), Err(CryptoError::IntegrityCheckFailed)),
+            "MDC framing byte {pos} flipped"
+        );
+    }
+    for cut in [msg.len() - 1, msg.len() - 22, msg.len() / 2] {
+        assert!(
+            matches!(
+                read(&msg[..cut]),
+                Err(CryptoError::Truncated | CryptoError::IntegrityCheckFailed)
+            ),
+            "cut at {cut}"
+        );
+    }
+}
+
+/// A message opened again with the same keys takes its session key from the cache: the
+/// restore opens some volumes and the signature files several times.
+#[test]
+fn session_keys_are_found_once_per_message() {
+    let data = mixed_bytes(100_000, 24);
+    let a = encrypt(&sym(Compression::Zip { level: 6 }, 1), &data);
+    let b = encrypt(&sym(Compression::Zip { level: 6 }, 1), &data);
+    let keys = pw_keys("correct horse");
+    let lane = keys.clone();
+    assert_eq!(decrypt(&keys, &a).unwrap(), data);
+    assert_eq!(keys.session_keys.len(), 1);
+    assert_eq!(decrypt(&lane, &a).unwrap(), data, "again, through a clone");
+    assert_eq!(keys.session_keys.len(), 1, "clones share the cache");
+    assert_eq!(decrypt(&lane, &b).unwrap(), data);
+    assert_eq!(keys.session_keys.len(), 2, "another message, another key");
+    // A cached key does not open a tampered message or leak in Debug output.
+    let mut bad = a.clone();
+    let pos = bad.len() / 2;
+    bad[pos] ^= 0x01;
+    assert!(decrypt(&keys, &bad).is_err());
+    assert_eq!(
+        format!("{:?}", keys.session_keys),
+        "SessionKeyCache(2 keys)"
+    );
+    // Other keys (with their own cache) still need the right passphrase.
+    assert!(matches!(
+        decrypt(&pw_keys("wrong"), &a),
+        Err(CryptoError::WrongPassphraseOrKey)
+    ));
+}
+
 #[test]
 fn truncated_message_fails() {
     let data = mixed_bytes(3 * MIB, 22);

@@ -117,7 +117,8 @@ fn spawn_feed(
         .spawn(move || {
             for (obj, expected) in volumes {
                 let result = (|| -> Result<()> {
-                    let (mut r, hash) = open_object_prefetched(&store, &obj, &keys)?;
+                    let (mut r, hash) =
+                        open_object_prefetched(&store, &obj, &keys, expected.as_deref())?;
                     loop {
                         // Reuse the buffers the reader is done with: a fresh 256 KiB
                         // allocation per chunk is an mmap, page faults and zeroing. They

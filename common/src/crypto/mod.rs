@@ -55,6 +55,11 @@ mod plain;
 mod reader;
 mod writer;
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use zeroize::Zeroizing;
+
 pub use error::{CryptoError, crypto_error_of};
 pub use keys::{Passphrase, PublicKey, SecretKey};
 pub use reader::{DecryptOptions, decrypt_reader, decrypt_reader_with_options};
@@ -200,4 +205,71 @@ pub struct DecryptionKeys {
     /// If non-empty, every message must carry a valid signature by one of these keys (by the
     /// primary key or a signing subkey).
     pub expected_signers: Vec<PublicKey>,
+    /// Session keys already found with these keys; shared by clones.
+    pub session_keys: SessionKeyCache,
+}
+
+/// Session keys found for messages, by the bytes of the messages' key packets.
+///
+/// A message's session key sits behind an iterated-and-salted S2K (16 MiB of SHA-256 for our
+/// writer's messages, similar for GnuPG's) or a secret key that may have to be unlocked the
+/// same way. A restore opens some objects several times (a volume at a segment boundary by
+/// both lanes, the signature files by each lane and the check), and deriving the key again
+/// each time was 3% of its CPU. The cache holds at most [`SessionKeyCache::CAPACITY`] keys,
+/// zeroed when dropped; it says nothing about them in `Debug`.
+#[derive(Clone, Default)]
+pub struct SessionKeyCache(Arc<Mutex<VecDeque<CachedSessionKey>>>);
+
+struct CachedSessionKey {
+    key_packets: Vec<u8>,
+    alg: pgp::crypto::sym::SymmetricKeyAlgorithm,
+    key: Zeroizing<Vec<u8>>,
+}
+
+impl SessionKeyCache {
+    /// Oldest entries go first beyond this.
+    pub const CAPACITY: usize = 64;
+
+    pub(crate) fn get(
+        &self,
+        key_packets: &[u8],
+    ) -> Option<(pgp::crypto::sym::SymmetricKeyAlgorithm, Zeroizing<Vec<u8>>)> {
+        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .iter()
+            .find(|c| c.key_packets == key_packets)
+            .map(|c| (c.alg, c.key.clone()))
+    }
+
+    pub(crate) fn insert(
+        &self,
+        key_packets: Vec<u8>,
+        alg: pgp::crypto::sym::SymmetricKeyAlgorithm,
+        key: Zeroizing<Vec<u8>>,
+    ) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= Self::CAPACITY {
+            cache.pop_front();
+        }
+        cache.push_back(CachedSessionKey {
+            key_packets,
+            alg,
+            key,
+        });
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for SessionKeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionKeyCache({} keys)", self.len())
+    }
 }

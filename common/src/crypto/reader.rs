@@ -16,6 +16,7 @@ use pgp::composed::{
 };
 use pgp::crypto::sym::SymmetricKeyAlgorithm;
 use pgp::packet::{ProtectedDataConfig, SymEncryptedProtectedDataConfig};
+use pgp::ser::Serialize;
 use pgp::types::{DecryptionKey, EskType, Password, PkeskVersion, SkeskVersion, StringToKey};
 use sha1::{Digest, Sha1};
 use zeroize::Zeroizing;
@@ -41,6 +42,13 @@ pub struct DecryptOptions {
     pub allow_unprotected: bool,
     /// Refuse messages that are not encrypted at all (plain literal/compressed/signed).
     pub require_encryption: bool,
+    /// The caller authenticates the whole stored message itself and makes the reader fail
+    /// at its end if that fails: for example a volume whose SHA-1 an authenticated (itself
+    /// MDC-checked) manifest lists, hashed as it is read, with a mismatch reported by the
+    /// source in place of its end. The MDC packet is still required and its framing
+    /// checked, but its SHA-1 over the plaintext is not computed: a second hash over the
+    /// same data that proves nothing more. Off by default.
+    pub message_authenticated_by_source: bool,
 }
 
 /// Opens an OpenPGP message (binary or armored) for streaming decryption.
@@ -118,7 +126,12 @@ pub fn decrypt_reader_with_options<'a, R: Read + Send + 'a>(
                 return Err(CryptoError::Truncated);
             }
             let (alg, key) = guard(|| find_session_key(&esks, keys, &prefix))??;
-            let mut seipd = Seipd::new(body, alg, &key, protected, &prefix)?;
+            let mdc = match (protected, opts.message_authenticated_by_source) {
+                (false, _) => Mdc::Absent,
+                (true, false) => Mdc::Hash(Box::default()),
+                (true, true) => Mdc::FramingOnly,
+            };
+            let mut seipd = Seipd::new(body, alg, &key, mdc, &prefix)?;
             // The usual shapes are read without rpgp's inner layers (see `plain`).
             if keys.expected_signers.is_empty()
                 && let Some(shape) = shape_of(&mut seipd)
@@ -236,6 +249,26 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Tries every PKESK with every secret key (component), then every SKESK with every
 /// passphrase, and returns the first session key that passes the quick check.
 fn find_session_key(
+    esks: &[Esk],
+    keys: &DecryptionKeys,
+    prefix: &[u8],
+) -> Result<(SymmetricKeyAlgorithm, Zeroizing<Vec<u8>>), CryptoError> {
+    let mut key_packets = Vec::new();
+    for esk in esks {
+        esk.to_writer(&mut key_packets)
+            .map_err(|e| CryptoError::Malformed(format!("session key packet: {e}")))?;
+    }
+    if let Some((alg, key)) = keys.session_keys.get(&key_packets)
+        && quick_check(alg, &key, prefix)
+    {
+        return Ok((alg, key));
+    }
+    let (alg, key) = find_session_key_uncached(esks, keys, prefix)?;
+    keys.session_keys.insert(key_packets, alg, key.clone());
+    Ok((alg, key))
+}
+
+fn find_session_key_uncached(
     esks: &[Esk],
     keys: &DecryptionKeys,
     prefix: &[u8],
@@ -420,12 +453,24 @@ pub(super) enum SState {
     Failed(Fail),
 }
 
+/// What is checked of a SEIPD body's trailing modification detection code.
+pub(super) enum Mdc {
+    /// Legacy SED packet: no MDC.
+    Absent,
+    /// The MDC packet and its SHA-1 over the plaintext.
+    Hash(Box<Sha1>),
+    /// The MDC packet's framing only; the caller authenticates the message (see
+    /// [`DecryptOptions::message_authenticated_by_source`]).
+    FramingOnly,
+}
+
 /// Decrypts a SEIPD v1 (or legacy SED) body: CFB with zero IV, random prefix, MDC held
 /// back and checked at the end.
 pub(super) struct Seipd<'a> {
     src: PacketBodyReader<MessageReader<'a>>,
     cipher: CfbDecryptor,
-    mdc: Option<Sha1>,
+    /// `None` once checked at the end.
+    mdc: Option<Mdc>,
     buf: Box<[u8]>,
     /// buf[pos..avail]: released plaintext; buf[avail..dec]: decrypted, held back (MDC);
     /// buf[dec..filled]: not yet decrypted.
@@ -441,7 +486,7 @@ impl<'a> Seipd<'a> {
         src: PacketBodyReader<MessageReader<'a>>,
         alg: SymmetricKeyAlgorithm,
         key: &[u8],
-        protected: bool,
+        mut mdc: Mdc,
         prefix_ct: &[u8],
     ) -> Result<Self, CryptoError> {
         let bs = block_size(alg)
@@ -450,22 +495,19 @@ impl<'a> Seipd<'a> {
         let mut cipher = CfbDecryptor::new(alg, key, &iv)?;
         let mut prefix = prefix_ct[..bs + 2].to_vec();
         cipher.decrypt(&mut prefix)?;
-        let mdc = if protected {
-            let mut h = Sha1::new();
-            h.update(&prefix);
-            Some(h)
-        } else {
+        match &mut mdc {
+            Mdc::Hash(h) => h.update(&prefix),
+            Mdc::FramingOnly => {}
             // Legacy SED: CFB resynchronises after the prefix.
-            cipher = CfbDecryptor::new(alg, key, &prefix_ct[2..bs + 2])?;
-            None
-        };
+            Mdc::Absent => cipher = CfbDecryptor::new(alg, key, &prefix_ct[2..bs + 2])?,
+        }
         let mut buf = vec![0u8; SEIPD_BUF].into_boxed_slice();
         let rest = &prefix_ct[bs + 2..];
         buf[..rest.len()].copy_from_slice(rest);
         Ok(Seipd {
             src,
             cipher,
-            mdc,
+            mdc: Some(mdc),
             buf,
             pos: 0,
             avail: 0,
@@ -515,9 +557,12 @@ impl<'a> Seipd<'a> {
             return self.fail(Fail::Malformed(e.to_string()));
         }
         self.dec = self.filled;
-        let hold = if self.mdc.is_some() { MDC_LEN } else { 0 };
+        let hold = match self.mdc {
+            Some(Mdc::Hash(_) | Mdc::FramingOnly) => MDC_LEN,
+            _ => 0,
+        };
         let new_avail = self.dec.saturating_sub(hold).max(self.avail);
-        if let Some(h) = &mut self.mdc {
+        if let Some(Mdc::Hash(h)) = &mut self.mdc {
             h.update(&self.buf[self.avail..new_avail]);
         }
         self.avail = new_avail;
@@ -527,18 +572,22 @@ impl<'a> Seipd<'a> {
     }
 
     fn at_eof(&mut self) {
-        if let Some(h) = self.mdc.take() {
-            let tail = &self.buf[self.avail..self.dec];
-            if tail.len() != MDC_LEN {
-                return self.fail(Fail::Integrity);
+        let tail = &self.buf[self.avail..self.dec];
+        let ok = match self.mdc.take() {
+            None | Some(Mdc::Absent) => true,
+            Some(mdc) => {
+                let framed = tail.len() == MDC_LEN && tail[0] == 0xD3 && tail[1] == 0x14;
+                match mdc {
+                    Mdc::Hash(mut h) if framed => {
+                        h.update(&tail[..2]);
+                        tail[2..] == h.finalize()[..]
+                    }
+                    _ => framed,
+                }
             }
-            let mut h = h;
-            h.update(&tail[..2]);
-            let hash = h.finalize();
-            let ok = tail[0] == 0xD3 && tail[1] == 0x14 && tail[2..] == hash[..];
-            if !ok {
-                return self.fail(Fail::Integrity);
-            }
+        };
+        if !ok {
+            return self.fail(Fail::Integrity);
         }
         // Nothing may follow the encrypted data packet.
         match self.src.get_mut().fill_buf() {
