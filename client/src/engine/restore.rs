@@ -24,6 +24,7 @@ use flotilla_common::archive::{
     BackupSet, Collection, FileKind, FileMeta, Index, Manifest, StoredObject, VolumeInfo,
 };
 use flotilla_common::crypto::DecryptionKeys;
+use flotilla_common::page_aligned::PageAlignedWriter;
 use flotilla_common::storage::BlockingStore;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -727,6 +728,9 @@ fn scratch_path(dir: &Path) -> PathBuf {
 }
 
 /// Writes the base snapshot to a scratch file and applies the deltas in order.
+/// Write buffer of the files a delta is applied to and from.
+const SCRATCH_BUFFER: usize = 1 << 20;
+
 fn materialize(
     streams: &mut [SetStream],
     base: usize,
@@ -736,13 +740,12 @@ fn materialize(
 ) -> Result<PathBuf> {
     let mut path = scratch_path(dir);
     {
-        let mut f = File::create(&path).map_err(|e| EngineError::io(&path, e))?;
+        let f = File::create(&path).map_err(|e| EngineError::io(&path, e))?;
         let obj = streams[base].object();
-        io::copy(
-            &mut streams[base],
-            &mut io::BufWriter::with_capacity(1 << 20, &mut f),
-        )
-        .map_err(|e| EngineError::from_object_io(&obj, e))?;
+        let mut w = PageAlignedWriter::new(f, 0, SCRATCH_BUFFER);
+        w.copy_from(&mut streams[base])
+            .map_err(|e| EngineError::from_object_io(&obj, e))?;
+        w.flush().map_err(|e| EngineError::io(&path, e))?;
     }
     for &d in diffs {
         let next = scratch_path(dir);
@@ -750,7 +753,7 @@ fn materialize(
         {
             let basis = File::open(&path).map_err(|e| EngineError::io(&path, e))?;
             let out = File::create(&next).map_err(|e| EngineError::io(&next, e))?;
-            let mut w = io::BufWriter::with_capacity(1 << 20, out);
+            let mut w = PageAlignedWriter::new(out, 0, SCRATCH_BUFFER);
             apply_delta(&mut streams[d], &basis, &mut w)
                 .map_err(|e| EngineError::from((format!("{obj} ({index})"), e)))?;
             w.flush().map_err(|e| EngineError::io(&next, e))?;

@@ -18,6 +18,7 @@ use super::compress::{CHUNK, Deflater, Effort, Sink, zlib_header};
 use super::error::CryptoError;
 use super::keys::{KeyRef, SecretKey, SigningComponent, now, select_encryption_key};
 use super::{Compression, EncryptionSpec, default_threads};
+use crate::page_aligned::{PAGE, start_in_page};
 use crate::write_behind::WriteBehind;
 
 /// SEIPD partial body part: 2^20 bytes.
@@ -467,8 +468,6 @@ impl<W: Write + Send + 'static> Write for FramerWrite<W> {
 /// Room before each SEIPD part for its header (the packet tag and a 5-octet length), so
 /// that a part goes out as one buffer.
 const HEADER_ROOM: usize = 6;
-/// A memory page: see [`Part::new`].
-const PAGE: usize = 4096;
 
 /// One SEIPD part being filled, `buf[begin..fill]`, with room before it for its header.
 struct Part {
@@ -482,23 +481,15 @@ impl Part {
 
     /// Lays out `buf` (reused; enlarged when short) for a part that will be sent with a
     /// header of `header_len` bytes and land at offset `out_pos` of the output. What is sent
-    /// starts at the same offset within a memory page as it will have in the file: the
-    /// kernel copies a write into the page cache two to ten times slower when the source
-    /// is a few bytes behind the destination in their pages (stores and loads seem to
-    /// alias), and in backups that copy had been up to a fifth of the CPU time.
+    /// starts at the same offset within a memory page as it will have in the file (see
+    /// [`crate::page_aligned`]: in backups the kernel's copy of misplaced writes had been
+    /// up to a fifth of the CPU time).
     fn new(mut buf: Vec<u8>, out_pos: u64, header_len: usize) -> Part {
         if buf.len() < Self::LEN {
             buf.resize(Self::LEN, 0);
         }
-        let addr = buf.as_ptr() as usize;
-        // begin - header_len ≡ out_pos - addr (mod PAGE)
-        let mut begin = (out_pos as usize)
-            .wrapping_sub(addr)
-            .wrapping_add(header_len)
-            % PAGE;
-        if begin < HEADER_ROOM {
-            begin += PAGE;
-        }
+        let sent = start_in_page(buf.as_ptr() as usize, out_pos, HEADER_ROOM - header_len);
+        let begin = sent + header_len;
         Part {
             buf,
             begin,
