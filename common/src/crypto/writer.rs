@@ -750,14 +750,43 @@ mod tests {
             compression_threads: 1,
             ..Default::default()
         };
-        let mut w = spec.writer(Recorder::default()).unwrap();
-        let data = vec![7u8; 5 * PART + 123];
-        for piece in data.chunks(100_000) {
-            w.write_all(piece).unwrap();
+        // In place, and handed to a thread of its own with buffers that come back used.
+        for (behind, compression) in [
+            (false, crate::crypto::Compression::None),
+            (true, crate::crypto::Compression::None),
+            (true, crate::crypto::Compression::Zip { level: 1 }),
+        ] {
+            let spec = EncryptionSpec {
+                compression,
+                compression_threads: 2,
+                ..spec.clone()
+            };
+            let mut w = if behind {
+                spec.writer_behind(Recorder::default(), "test-upload")
+            } else {
+                spec.writer(Recorder::default())
+            }
+            .unwrap();
+            let mut x = 1u64;
+            let data: Vec<u8> = (0..40 * PART + 123)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            for piece in data.chunks(100_000) {
+                w.write_all(piece).unwrap();
+            }
+            let out = w.finish().unwrap();
+            assert!(out.parts >= 40, "{} parts", out.parts);
+            assert!(
+                out.misplaced.is_empty(),
+                "behind {behind}: {:?}",
+                out.misplaced
+            );
         }
-        let out = w.finish().unwrap();
-        assert_eq!(out.parts, 5);
-        assert!(out.misplaced.is_empty(), "{:?}", out.misplaced);
     }
 
     #[test]
