@@ -525,6 +525,8 @@ struct AlignedChunk {
     /// `buf[start..start + DIRECT_CHUNK]` is page-aligned; `fill` bytes of it are data.
     start: usize,
     fill: usize,
+    /// `O_DIRECT` was turned off after the file refused it.
+    buffered: bool,
 }
 
 impl DirectFile {
@@ -545,6 +547,7 @@ impl DirectFile {
                         buf,
                         start,
                         fill: 0,
+                        buffered: false,
                     }),
                 })
             }
@@ -584,14 +587,21 @@ impl DirectFile {
         use std::io::Write as _;
         let chunk = self.direct.as_mut().expect("writing directly");
         let data = &chunk.buf[chunk.start..chunk.start + len];
-        match self.file.write_all(data) {
-            Ok(()) => {}
-            // Opened with O_DIRECT but refused on writing: ordinary writes from here on.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                set_direct(&self.file, false)?;
-                self.file.write_all(data)?;
+        let mut done = 0;
+        while done < len {
+            match self.file.write(&data[done..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Refused although opened with O_DIRECT (or, after a short write, the rest
+                // is no longer page-aligned): ordinary writes from here on, continuing
+                // where the file stands.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !chunk.buffered => {
+                    set_direct(&self.file, false)?;
+                    chunk.buffered = true;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
         chunk
             .buf
