@@ -727,10 +727,10 @@ fn scratch_path(dir: &Path) -> PathBuf {
     dir.join(format!("scratch-{}-{n}", std::process::id()))
 }
 
-/// Writes the base snapshot to a scratch file and applies the deltas in order.
 /// Write buffer of the files a delta is applied to and from.
 const SCRATCH_BUFFER: usize = 1 << 20;
 
+/// Writes the base snapshot to a scratch file and applies the deltas in order.
 fn materialize(
     streams: &mut [SetStream],
     base: usize,

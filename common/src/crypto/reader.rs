@@ -469,8 +469,8 @@ pub(super) enum Mdc {
 pub(super) struct Seipd<'a> {
     src: PacketBodyReader<MessageReader<'a>>,
     cipher: CfbDecryptor,
-    /// `None` once checked at the end.
-    mdc: Option<Mdc>,
+    /// What is left to check at the end (`Absent` once checked).
+    mdc: Mdc,
     buf: Box<[u8]>,
     /// buf[pos..avail]: released plaintext; buf[avail..dec]: decrypted, held back (MDC);
     /// buf[dec..filled]: not yet decrypted.
@@ -507,7 +507,7 @@ impl<'a> Seipd<'a> {
         Ok(Seipd {
             src,
             cipher,
-            mdc: Some(mdc),
+            mdc,
             buf,
             pos: 0,
             avail: 0,
@@ -558,11 +558,11 @@ impl<'a> Seipd<'a> {
         }
         self.dec = self.filled;
         let hold = match self.mdc {
-            Some(Mdc::Hash(_) | Mdc::FramingOnly) => MDC_LEN,
-            _ => 0,
+            Mdc::Hash(_) | Mdc::FramingOnly => MDC_LEN,
+            Mdc::Absent => 0,
         };
         let new_avail = self.dec.saturating_sub(hold).max(self.avail);
-        if let Some(Mdc::Hash(h)) = &mut self.mdc {
+        if let Mdc::Hash(h) = &mut self.mdc {
             h.update(&self.buf[self.avail..new_avail]);
         }
         self.avail = new_avail;
@@ -573,16 +573,14 @@ impl<'a> Seipd<'a> {
 
     fn at_eof(&mut self) {
         let tail = &self.buf[self.avail..self.dec];
-        let ok = match self.mdc.take() {
-            None | Some(Mdc::Absent) => true,
-            Some(mdc) => {
-                let framed = tail.len() == MDC_LEN && tail[0] == 0xD3 && tail[1] == 0x14;
-                match mdc {
-                    Mdc::Hash(mut h) if framed => {
-                        h.update(&tail[..2]);
-                        tail[2..] == h.finalize()[..]
-                    }
-                    _ => framed,
+        let framed = tail.len() == MDC_LEN && tail[0] == 0xD3 && tail[1] == 0x14;
+        let ok = match std::mem::replace(&mut self.mdc, Mdc::Absent) {
+            Mdc::Absent => true,
+            Mdc::FramingOnly => framed,
+            Mdc::Hash(mut h) => {
+                framed && {
+                    h.update(&tail[..2]);
+                    tail[2..] == h.finalize()[..]
                 }
             }
         };

@@ -1,6 +1,7 @@
 //! Synchronous access to an object store for the engine's worker threads.
 
 use super::{RetryPolicy, StorageError};
+use crate::page_aligned::PageAlignedWriter;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
@@ -512,22 +513,9 @@ const DIRECT_CHUNK: usize = 1 << 20;
 /// straight from our buffer to the disk, without the copy into the page cache. That copy
 /// into newly allocated page-cache pages had been a sixth of a full backup's CPU time (on
 /// virtual machines a new page can cost the host a fault too), for objects nobody reads
-/// back soon. The file falls back to ordinary writes where `O_DIRECT` is refused; the
-/// last partial page is always written that way.
-struct DirectFile {
-    file: std::fs::File,
-    /// `Some` while writing directly: a buffer with a page-aligned `DIRECT_CHUNK` inside.
-    direct: Option<AlignedChunk>,
-}
-
-struct AlignedChunk {
-    buf: Vec<u8>,
-    /// `buf[start..start + DIRECT_CHUNK]` is page-aligned; `fill` bytes of it are data.
-    start: usize,
-    fill: usize,
-    /// `O_DIRECT` was turned off after the file refused it.
-    buffered: bool,
-}
+/// back soon. [`PageAlignedWriter`] gathers the writes into whole, page-aligned chunks;
+/// [`DirectWrites`] falls back to ordinary writes for what cannot go directly.
+struct DirectFile(PageAlignedWriter<DirectWrites>);
 
 impl DirectFile {
     fn create_new(path: &Path) -> io::Result<DirectFile> {
@@ -537,118 +525,77 @@ impl DirectFile {
             .create_new(true)
             .custom_flags(libc::O_DIRECT)
             .open(path);
-        match direct {
-            Ok(file) => {
-                let buf = vec![0u8; DIRECT_CHUNK + crate::page_aligned::PAGE];
-                let start = crate::page_aligned::start_in_page(buf.as_ptr() as usize, 0, 0);
-                Ok(DirectFile {
-                    file,
-                    direct: Some(AlignedChunk {
-                        buf,
-                        start,
-                        fill: 0,
-                        buffered: false,
-                    }),
-                })
-            }
+        let writes = match direct {
+            Ok(file) => DirectWrites { file, direct: true },
             // Not supported here (e.g. some tmpfs, FUSE): ordinary writes.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(DirectFile {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => DirectWrites {
                 file: std::fs::File::options()
                     .write(true)
                     .create_new(true)
                     .open(path)?,
-                direct: None,
-            }),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
-        use std::io::Write as _;
-        if self.direct.is_none() {
-            return self.file.write_all(data);
-        }
-        while !data.is_empty() {
-            let chunk = self.direct.as_mut().expect("writing directly");
-            let n = data.len().min(DIRECT_CHUNK - chunk.fill);
-            let at = chunk.start + chunk.fill;
-            chunk.buf[at..at + n].copy_from_slice(&data[..n]);
-            chunk.fill += n;
-            data = &data[n..];
-            if chunk.fill == DIRECT_CHUNK {
-                self.write_direct(DIRECT_CHUNK)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the first `len` (whole pages) gathered bytes, directly if the file allows.
-    fn write_direct(&mut self, len: usize) -> io::Result<()> {
-        use std::io::Write as _;
-        let chunk = self.direct.as_mut().expect("writing directly");
-        let data = &chunk.buf[chunk.start..chunk.start + len];
-        let mut done = 0;
-        while done < len {
-            match self.file.write(&data[done..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Refused although opened with O_DIRECT (or, after a short write, the rest
-                // is no longer page-aligned): ordinary writes from here on, continuing
-                // where the file stands.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !chunk.buffered => {
-                    set_direct(&self.file, false)?;
-                    chunk.buffered = true;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        chunk
-            .buf
-            .copy_within(chunk.start + len..chunk.start + chunk.fill, chunk.start);
-        chunk.fill -= len;
-        Ok(())
-    }
-
-    /// Writes what is gathered: its whole pages directly, the rest without `O_DIRECT`.
-    fn finish(&mut self) -> io::Result<()> {
-        use std::io::Write as _;
-        let Some(fill) = self.direct.as_ref().map(|c| c.fill) else {
-            return Ok(());
+                direct: false,
+            },
+            Err(e) => return Err(e),
         };
-        let whole = fill / crate::page_aligned::PAGE * crate::page_aligned::PAGE;
-        if whole > 0 {
-            self.write_direct(whole)?;
+        Ok(DirectFile(PageAlignedWriter::new(writes, 0, DIRECT_CHUNK)))
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.write_all(data)
+    }
+
+    /// Writes what is gathered (its last partial page without `O_DIRECT`).
+    fn finish(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The file under a [`DirectFile`]: its writes go directly while they are whole pages
+/// from page-aligned memory (all but the last, or the rest of a short write, are) and the
+/// file takes them.
+struct DirectWrites {
+    file: std::fs::File,
+    direct: bool,
+}
+
+impl DirectWrites {
+    /// Turns `O_DIRECT` off for the rest of the file.
+    fn stop_direct(&mut self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+            return Err(io::Error::last_os_error());
         }
-        let chunk = self.direct.take().expect("writing directly");
-        if chunk.fill > 0 {
-            set_direct(&self.file, false)?;
-            self.file
-                .write_all(&chunk.buf[chunk.start..chunk.start + chunk.fill])?;
-        }
+        self.direct = false;
         Ok(())
     }
 }
 
-/// Turns `O_DIRECT` on or off for an open file.
-fn set_direct(file: &std::fs::File, on: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
+impl Write for DirectWrites {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        use crate::page_aligned::PAGE;
+        if self.direct
+            && !(data.len().is_multiple_of(PAGE) && (data.as_ptr() as usize).is_multiple_of(PAGE))
+        {
+            self.stop_direct()?;
+        }
+        loop {
+            match self.file.write(data) {
+                // Refused although opened with O_DIRECT: ordinary writes from here on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.direct => {
+                    self.stop_direct()?
+                }
+                other => return other,
+            }
+        }
     }
-    let flags = if on {
-        flags | libc::O_DIRECT
-    } else {
-        flags & !libc::O_DIRECT
-    };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
-        return Err(io::Error::last_os_error());
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
-    Ok(())
 }
 
 /// Streaming upload; see [`BlockingStore::put_writer`].
